@@ -1,0 +1,127 @@
+"""Configuration of [`SamPromptLearnerModel`]: a `SamConfig` plus the prompt learner, the point-matching head and
+the training-loss weights."""
+
+from __future__ import annotations
+
+from transformers import SamConfig
+
+
+class PromptLearnerConfig(SamConfig):
+    r"""
+    Configuration of a [`SamPromptLearnerModel`]. Every `SamConfig` field keeps its meaning (`vision_config`,
+    `prompt_encoder_config`, `mask_decoder_config`, `initializer_range`, `tie_word_embeddings`), so any SAM checkpoint's
+    `config.json` loads into this class; the fields below are new. All arguments are keyword-only.
+
+    Prompt Learning Module (PLM), placed between SAM's prompt encoder and its mask decoder:
+
+    prompt_learner_depth (`int`, *optional*, defaults to 1):
+        Number of PLM blocks (prompt self-attention -> prompt-to-image cross-attention -> MLP). `0` turns the PLM off,
+        and the model is then exactly `SamModel`.
+    prompt_learner_num_attention_heads (`int`, *optional*):
+        Attention heads of the PLM blocks. Defaults to the mask decoder's `num_attention_heads` (8 for every SAM).
+    prompt_learner_mlp_dim (`int`, *optional*):
+        Hidden width of the PLM MLP. Defaults to 4 x the mask decoder's `hidden_size` (1024 for every SAM).
+    prompt_learner_attention_downsample_rate (`int`, *optional*, defaults to 2):
+        Internal width divisor of the prompt-to-image cross-attention, as in SAM's decoder
+        (`hidden_size / rate` must be divisible by the number of heads).
+
+    Point-matching head (PMM), a training-time boundary head on the mask decoder's outputs:
+
+    use_point_matching_head (`bool`, *optional*, defaults to `True`):
+        Build the head. When `False`, no boundary points are predicted and both PMM losses are zero.
+    num_boundary_points (`int`, *optional*, defaults to 16):
+        K, the number of boundary points predicted per mask and sampled along each ground-truth contour.
+    point_matching_hidden_dim (`int`, *optional*):
+        Hidden width of the head's query MLP. Defaults to the mask decoder's `hidden_size`.
+    num_boundary_band_points (`int`, *optional*, defaults to 64):
+        Points sampled per mask in the ground-truth boundary band (half just inside, half just outside) for the
+        point-level boundary loss.
+
+    Training loss (used only when `labels` are passed to `forward`):
+
+    focal_loss_weight (`float`, *optional*, defaults to 20.0):
+        Weight of the sigmoid focal loss on the mask logits (SAM's 20:1 focal:dice recipe).
+    dice_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the dice loss on the mask probabilities.
+    iou_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the MSE between the predicted IoU scores and the IoU each mask actually reaches.
+    point_matching_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the L1 loss between predicted boundary points and their Hungarian-matched ground-truth points.
+    boundary_point_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the BCE on the mask logits sampled at ground-truth boundary-band points.
+
+    Example:
+
+    ```python
+    >>> from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
+
+    >>> config = PromptLearnerConfig(prompt_learner_depth=2, num_boundary_points=32)
+    >>> model = SamPromptLearnerModel(config)  # random weights; use `from_pretrained` to start from a SAM
+    ```
+    """
+
+    model_type = "sam_prompt_learner"
+
+    prompt_learner_depth: int = 1
+    prompt_learner_num_attention_heads: int | None = None
+    prompt_learner_mlp_dim: int | None = None
+    prompt_learner_attention_downsample_rate: int = 2
+
+    use_point_matching_head: bool = True
+    num_boundary_points: int = 16
+    point_matching_hidden_dim: int | None = None
+    num_boundary_band_points: int = 64
+
+    focal_loss_weight: float = 20.0
+    dice_loss_weight: float = 1.0
+    iou_loss_weight: float = 1.0
+    point_matching_loss_weight: float = 1.0
+    boundary_point_loss_weight: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        # A plain SAM config.json carries `"model_type": "sam"`; left in kwargs it would shadow the class attribute.
+        kwargs.pop("model_type", None)
+        super().__post_init__(**kwargs)
+        decoder = self.mask_decoder_config
+        if self.prompt_learner_num_attention_heads is None:
+            self.prompt_learner_num_attention_heads = decoder.num_attention_heads
+        if self.prompt_learner_mlp_dim is None:
+            self.prompt_learner_mlp_dim = 4 * decoder.hidden_size
+        if self.point_matching_hidden_dim is None:
+            self.point_matching_hidden_dim = decoder.hidden_size
+        self._validate_new_fields()
+
+    def _validate_new_fields(self):
+        hidden = self.mask_decoder_config.hidden_size
+        for name in ("prompt_learner_depth",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        for name in (
+            "prompt_learner_num_attention_heads",
+            "prompt_learner_mlp_dim",
+            "prompt_learner_attention_downsample_rate",
+            "num_boundary_points",
+            "point_matching_hidden_dim",
+            "num_boundary_band_points",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        heads = self.prompt_learner_num_attention_heads
+        for rate in (1, self.prompt_learner_attention_downsample_rate):
+            if (hidden // rate) % heads != 0 or hidden % rate != 0:
+                raise ValueError(
+                    f"The prompt learner's attention width (mask decoder hidden_size {hidden} / rate {rate}) must be "
+                    f"divisible by `prompt_learner_num_attention_heads` ({heads})."
+                )
+        for name in (
+            "focal_loss_weight",
+            "dice_loss_weight",
+            "iou_loss_weight",
+            "point_matching_loss_weight",
+            "boundary_point_loss_weight",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if not self.tie_word_embeddings:
+            # Untied, loading a SAM checkpoint re-initialises the prompt encoder's Fourier matrix and breaks SAM.
+            raise ValueError("`tie_word_embeddings` must stay True: SAM's two positional matrices are one tensor.")
