@@ -1,7 +1,8 @@
 """Tiny SAM geometry shared by the tests: 128 px images, 8x8 image embeddings, 32x32 mask logits."""
 
 from transformers import SamConfig
-from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+from sam_prompt_learner.processing import SamPromptLearnerImageProcessor, processor_for_config
 
 IMAGE_SIZE = 128
 MASK_SIZE = 32
@@ -10,8 +11,16 @@ MASK_SIZE = 32
 def tiny_config(config_class=SamConfig, image_size: int = IMAGE_SIZE, **extra):
     return config_class(
         vision_config=dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=16,
-            output_channels=32, window_size=4, global_attn_indexes=[1], num_pos_feats=16, mlp_ratio=2.0,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=16,
+            output_channels=32,
+            window_size=4,
+            global_attn_indexes=[1],
+            num_pos_feats=16,
+            mlp_ratio=2.0,
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=8),
         mask_decoder_config=dict(
@@ -21,11 +30,5 @@ def tiny_config(config_class=SamConfig, image_size: int = IMAGE_SIZE, **extra):
     )
 
 
-def tiny_image_processor(image_size: int = IMAGE_SIZE) -> SamImageProcessorPil:
-    mask_size = image_size // 4
-    return SamImageProcessorPil(
-        size={"longest_edge": image_size},
-        pad_size={"height": image_size, "width": image_size},
-        mask_size={"longest_edge": mask_size},
-        mask_pad_size={"height": mask_size, "width": mask_size},
-    )
+def tiny_image_processor(image_size: int = IMAGE_SIZE) -> SamPromptLearnerImageProcessor:
+    return processor_for_config(tiny_config(image_size=image_size)).image_processor

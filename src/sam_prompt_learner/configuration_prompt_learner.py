@@ -91,6 +91,14 @@ class PromptLearnerConfig(SamConfig):
             self.point_matching_hidden_dim = decoder.hidden_size
         self._validate_new_fields()
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == SamConfig.model_type:
+            # A SAM checkpoint is this model's documented starting point, not a model-type mismatch to warn about.
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
     def _validate_new_fields(self):
         hidden = self.mask_decoder_config.hidden_size
         for name in ("prompt_learner_depth",):
