@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from sam_prompt_learner.losses import (
-    binary_mask_iou,
     boundary_point_loss,
     dice_loss,
     hungarian_point_loss,
@@ -69,12 +68,6 @@ def test_focal_and_dice_against_hand_computed_values():
     probabilities = [0.5, p, 1 - p, 0.5]
     expected_dice = 1 - (2 * (0.5 + p) + 1) / (sum(probabilities) + 2 + 1)
     assert dice_loss(logits, targets).item() == pytest.approx(expected_dice, rel=1e-5)
-
-
-def test_binary_mask_iou():
-    logits = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]], [[-1.0, -1.0], [-1.0, -1.0]]])
-    targets = torch.tensor([[[1, 0], [1, 0]], [[0, 0], [0, 0]]])
-    assert binary_mask_iou(logits, targets).tolist() == pytest.approx([1 / 3, 1.0])
 
 
 def test_boundary_band_points_sit_inside_and_outside_the_boundary():

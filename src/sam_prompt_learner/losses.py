@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from .metrics import binary_erosion
+
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
     """Focal loss (Lin et al. 2017) averaged over pixels, as SAM trains its masks. Returns `(N,)`."""
@@ -33,28 +35,12 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) 
     return 1 - (2 * intersection + smooth) / (probs.sum(1) + targets.sum(1) + smooth)
 
 
-def binary_mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """IoU of `logits > 0` with the targets; 1 when both are empty (nothing to find, nothing found). Returns `(N,)`."""
-    predicted = (logits > 0).flatten(1)
-    targets = targets.bool().flatten(1)
-    intersection = (predicted & targets).sum(1).float()
-    union = (predicted | targets).sum(1).float()
-    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
-
-
 def _pixel_centres(height: int, width: int, device, dtype) -> torch.Tensor:
     """Normalised `(x, y)` centres of every pixel of an `H x W` grid in raster order, `(H*W, 2)`."""
     ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
     xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
-
-
-def _erode(masks: torch.Tensor, width: int = 1) -> torch.Tensor:
-    """Binary erosion with a `(2w+1)` square; pixels outside the grid count as background. `(N, H, W)` bool."""
-    background = (~masks).float().unsqueeze(1)
-    background = F.pad(background, (width,) * 4, value=1.0)
-    return F.max_pool2d(background, 2 * width + 1, stride=1).squeeze(1) < 0.5
 
 
 def _dilate(masks: torch.Tensor, width: int = 1) -> torch.Tensor:
@@ -138,7 +124,7 @@ def sample_boundary_band_points(
     """
     masks = masks.bool()
     num_masks, height, width = masks.shape
-    inner = (masks & ~_erode(masks, band_width)).flatten(1)
+    inner = (masks & ~binary_erosion(masks, band_width)).flatten(1)
     outer = (_dilate(masks, band_width) & ~masks).flatten(1)
     centres = _pixel_centres(height, width, masks.device, torch.float32)
     points, targets, valid = [], [], []

@@ -28,7 +28,6 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_prompt_learner import PromptLearnerConfig
 from .losses import (
-    binary_mask_iou,
     boundary_point_loss,
     dice_loss,
     hungarian_point_loss,
@@ -36,6 +35,7 @@ from .losses import (
     sample_contour_points,
     sigmoid_focal_loss,
 )
+from .metrics import mask_iou
 
 # The processor pads ragged point lists with this label; SAM's prompt encoder turns such points into zero tokens.
 POINT_PAD_LABEL = -10
@@ -462,7 +462,7 @@ class SamPromptLearnerModel(SamModel):
         # SAM's rule: of several masks, only the one with the lowest mask loss is trained.
         best = (config.focal_loss_weight * focal + config.dice_loss_weight * dice).argmin(dim=1)  # (V,)
         rows = torch.arange(num_valid, device=best.device)
-        actual_iou = binary_mask_iou(flat_logits, per_mask_targets).reshape(num_valid, num_masks)
+        actual_iou = mask_iou(flat_logits > 0, per_mask_targets).reshape(num_valid, num_masks)
         predicted_iou = iou_scores.reshape(-1, num_masks)[valid]
         iou = F.mse_loss(predicted_iou, actual_iou.to(predicted_iou.dtype), reduction="none").mean(1)
 
