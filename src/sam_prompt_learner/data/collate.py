@@ -12,7 +12,7 @@ from transformers import SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 from .masks import decode_rle
-from .prompts import PromptConfig, prompt_rng, sample_object_prompts
+from .prompts import PromptConfig, prompt_rng, sample_object_prompts, training_batch_rng
 
 # SamProcessor's pad value for points and labels, which SAM's prompt encoder embeds as zero.
 POINT_PAD_LABEL = SamProcessor.point_pad_value
@@ -63,9 +63,10 @@ class SamPromptCollator:
     by `new_height / height`, and the image is padded at the bottom and right. Ground-truth masks go to the same frame
     at `mask_size` resolution (`masks_to_padded_frame`).
 
-    Training randomness comes from torch's generator (one draw per batch), so `accelerate.utils.set_seed` makes it
-    reproducible and DataLoader workers, which torch seeds differently, do not repeat each other. Evaluation prompts
-    depend only on `(prompt_config.seed, sample_id, object index)` (`prompt_rng`).
+    Training randomness depends only on `(seed, epoch, the batch's sample ids)` (`training_batch_rng`): call
+    `set_epoch` at the start of every epoch for new prompts; a resumed run sees the prompts an uninterrupted one sees,
+    whatever the data loader prefetched. Evaluation prompts depend only on `(prompt_config.seed, sample_id, object
+    index)` (`prompt_rng`), so every method is scored on identical prompts.
 
     Args:
         processor (`SamProcessor` or `SamImageProcessorPil`):
@@ -80,6 +81,8 @@ class SamPromptCollator:
         mask_size (`int`, *optional*):
             Side of the `labels` masks; defaults to the processor's `mask_pad_size["height"]`, the model's mask-logit
             size (4 x the image-embedding size).
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the training randomness (the run's seed; evaluation prompts use `prompt_config.seed`).
         use_image_embeddings (`bool`, *optional*):
             Batch the rows' `image_embeddings` (`True`) or process their `image` into `pixel_values` (`False`); by
             default, embeddings when the rows have them.
@@ -106,6 +109,7 @@ class SamPromptCollator:
         training: bool = True,
         max_objects_per_image: int | None = 8,
         mask_size: int | None = None,
+        seed: int = 0,
         use_image_embeddings: bool | None = None,
     ):
         self.image_processor = getattr(processor, "image_processor", processor)
@@ -117,8 +121,14 @@ class SamPromptCollator:
         self.image_size = self.image_processor.size["longest_edge"]
         self.mask_size = mask_size if mask_size is not None else self.image_processor.mask_pad_size["height"]
         self.use_image_embeddings = use_image_embeddings
+        self.seed = seed
+        self.epoch = 0
         # Checked here so that a config with several modes fails at construction, not at the first evaluation batch.
         self.evaluation_mode = None if training else prompt_config.evaluation_mode
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start drawing the training prompts of `epoch`."""
+        self.epoch = epoch
 
     def reshaped_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         """The `(height, width)` an image of `original_size` is resized to, as the image processor computes it."""
@@ -132,8 +142,7 @@ class SamPromptCollator:
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if self.training:
-            # One draw from torch's generator per batch: reproducible under set_seed, distinct across workers.
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+            rng = training_batch_rng([str(row["sample_id"]) for row in rows], self.epoch, self.seed)
             mode = self.prompt_config.sample_mode(rng)
         else:
             rng, mode = None, self.evaluation_mode

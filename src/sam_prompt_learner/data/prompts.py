@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -120,7 +121,7 @@ class ObjectPrompts(NamedTuple):
 def prompt_rng(sample_id: str, object_index: int, seed: int = 0) -> np.random.Generator:
     """
     The generator of one object's evaluation prompts: a function of its arguments only, identical across processes,
-    runs and Python versions (the sample id is hashed with SHA-256; Python's `hash()` is salted per process).
+    runs and Python versions.
 
     Args:
         sample_id (`str`): the sample's id (`sample_id` column of a normalized dataset).
@@ -130,8 +131,28 @@ def prompt_rng(sample_id: str, object_index: int, seed: int = 0) -> np.random.Ge
     Returns:
         `np.random.Generator`.
     """
-    digest = np.frombuffer(hashlib.sha256(sample_id.encode("utf-8")).digest(), dtype=np.uint32)
-    return np.random.default_rng(np.random.SeedSequence([seed, object_index, *digest.tolist()]))
+    return np.random.default_rng(np.random.SeedSequence([seed, object_index, *_text_digest(sample_id)]))
+
+
+def training_batch_rng(sample_ids: Sequence[str], epoch: int, seed: int = 0) -> np.random.Generator:
+    """
+    The generator of a training batch's random choices (objects, prompt mode, prompts): a function of the batch's
+    sample ids, the epoch and the seed only. Unlike a draw from a global generator, it does not depend on how many
+    batches were collated before, so a run resumed mid-epoch (whose data loader may have prefetched batches before it
+    was killed) sees exactly the prompts an uninterrupted run sees; every epoch draws new prompts.
+
+    Args:
+        sample_ids (`Sequence[str]`): the batch's sample ids, in order.
+        epoch (`int`): the training epoch.
+        seed (`int`, *optional*, defaults to 0): the run's seed.
+    """
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, *_text_digest("\x00".join(sample_ids))]))
+
+
+def _text_digest(text: str) -> list[int]:
+    """SHA-256 of `text` as eight 32-bit words: stable across processes, runs and Python versions (Python's `hash()`
+    is salted per process)."""
+    return np.frombuffer(hashlib.sha256(text.encode("utf-8")).digest(), dtype=np.uint32).tolist()
 
 
 def _tight_crop(mask: np.ndarray, margin: int = 0) -> tuple[np.ndarray, int, int]:
