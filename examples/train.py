@@ -1,0 +1,460 @@
+"""Adapt a SAM checkpoint to a segmentation task by prompt learning, with Accelerate.
+
+    accelerate launch examples/train.py --model_name_or_path facebook/sam-vit-base --dataset_name plates \\
+        --output_dir outputs/plates
+
+Runs the same with `python examples/train.py ...`, on CPU, one GPU, or several processes
+(`accelerate launch --num_processes 2 ...`); mixed precision comes from Accelerate (`--mixed_precision bf16`).
+
+The recipe:
+1. load the dataset (Hub id, local folder, `save_to_disk` directory, or an embedded synthetic task) and normalize each
+   split into images + object masks, counting what is skipped and why;
+2. load the SAM checkpoint into `SamPromptLearnerModel` and choose what trains (`--trainable`);
+3. with the image encoder frozen, compute its embeddings once into a cache (`--cache_embeddings`, the default);
+4. score the untrained model (= zero-shot SAM: the prompt learner starts as the identity) on the eval split;
+5. train with simulated prompts, evaluating every `--eval_steps`, checkpointing every `--checkpointing_steps`;
+6. write the adapted model, its processor, `metrics.json` (zero-shot vs adapted) and `predictions.png`.
+"""
+
+import argparse
+import copy
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import SchedulerType, get_scheduler
+
+from sam_prompt_learner.checkpointing import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from sam_prompt_learner.data import (
+    PromptConfig,
+    SamPromptCollator,
+    build_embedding_cache,
+    decode_rle,
+    load_segmentation_dataset,
+    prompt_rng,
+    sample_object_prompts,
+)
+from sam_prompt_learner.data.formats import AnnotationFormat, to_rgb
+from sam_prompt_learner.data.prompts import POINT_PLACEMENTS, PROMPT_MODES
+from sam_prompt_learner.data.synthetic import SYNTHETIC_TASKS
+from sam_prompt_learner.evaluation import evaluate_model, model_inputs
+from sam_prompt_learner.lora import LORA_TARGETS
+from sam_prompt_learner.training import (
+    TRAINABLE_CHOICES,
+    RunSummary,
+    evaluation_collator,
+    load_model_and_processor,
+    plan_trainable,
+    prepare_split,
+)
+from sam_prompt_learner.visualization import PredictionExample, save_prediction_grid
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Adapt SAM to a segmentation task by prompt learning.")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", required=True, help="Any SAM checkpoint: a Hub id or a directory.")
+    model.add_argument(
+        "--trainable", nargs="+", default=["prompt_learner", "point_matching_head"], choices=TRAINABLE_CHOICES
+    )
+    model.add_argument("--lora_targets", nargs="+", default=["mask_decoder"], choices=sorted(LORA_TARGETS))
+    model.add_argument("--lora_rank", type=int, default=8)
+    model.add_argument("--prompt_learner_depth", type=int, default=None, help="Override the config (0 = no PLM).")
+    model.add_argument("--num_boundary_points", type=int, default=None, help="Override the config.")
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset_name",
+        required=True,
+        help=f"A Hub id, a local directory, a save_to_disk directory, or an embedded task: {sorted(SYNTHETIC_TASKS)}.",
+    )
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--eval_split", default="validation")
+    data.add_argument("--image_column", default=None, help="Detected from the features when omitted.")
+    data.add_argument("--mask_column", default=None, help="Detected from the features when omitted.")
+    data.add_argument("--annotation_format", default=None, choices=[f.value for f in AnnotationFormat])
+    data.add_argument("--class_ids", type=int, nargs="+", default=None, help="Semantic maps: the object classes.")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--synthetic_num_train", type=int, default=None, help="Embedded tasks: training images.")
+    data.add_argument("--cache_embeddings", action=argparse.BooleanOptionalAction, default=True)
+    data.add_argument("--cache_dtype", choices=["float32", "float16"], default="float32")
+    data.add_argument("--cache_dir", default=None, help="Where the embedding cache lives (default: datasets' cache).")
+
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--prompt_modes", nargs="+", default=["points", "box"], choices=PROMPT_MODES)
+    prompts.add_argument("--num_positive_points", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"))
+    prompts.add_argument("--num_negative_points", type=int, nargs=2, default=[0, 1], metavar=("MIN", "MAX"))
+    prompts.add_argument("--point_placement", default="uniform", choices=POINT_PLACEMENTS)
+    prompts.add_argument("--box_jitter", type=float, default=0.1)
+    prompts.add_argument("--eval_prompt_mode", default="points", choices=PROMPT_MODES)
+    prompts.add_argument("--eval_point_placement", default="uniform", choices=POINT_PLACEMENTS)
+    prompts.add_argument("--max_objects_per_image", type=int, default=8)
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--per_device_train_batch_size", type=int, default=4)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--num_train_epochs", type=int, default=3)
+    train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    train.add_argument("--lr_scheduler_type", type=SchedulerType, default="cosine", choices=list(SchedulerType))
+    train.add_argument("--num_warmup_steps", type=int, default=0)
+    train.add_argument("--max_grad_norm", type=float, default=1.0)
+    train.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=Path, required=True)
+    run.add_argument("--overwrite_output_dir", action="store_true")
+    run.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (default: each epoch).")
+    run.add_argument("--checkpointing_steps", type=int, default=None, help="Save a resumable state every N steps.")
+    run.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint directory, or 'latest'.")
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", default="all")
+    run.add_argument("--num_grid_examples", type=int, default=6, help="Rows of predictions.png.")
+    args = parser.parse_args(argv)
+
+    for name in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "num_train_epochs",
+        "gradient_accumulation_steps",
+        "lora_rank",
+        "max_objects_per_image",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    for name in ("max_train_steps", "eval_steps", "checkpointing_steps", "max_train_samples", "max_eval_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.learning_rate <= 0:
+        parser.error("--learning_rate must be > 0")
+    try:
+        args.plan = plan_trainable(args.trainable, args.lora_targets)
+        args.train_prompts = PromptConfig(
+            mode_weights={mode: 1.0 for mode in args.prompt_modes},
+            num_positive_points=tuple(args.num_positive_points),
+            num_negative_points=tuple(args.num_negative_points),
+            point_placement=args.point_placement,
+            box_jitter=args.box_jitter,
+        )
+        args.eval_prompts = PromptConfig(
+            mode_weights={args.eval_prompt_mode: 1.0}, point_placement=args.eval_point_placement
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    if args.plan.encoder_trains and args.cache_embeddings:
+        args.cache_embeddings = False  # gradients must flow through the encoder
+    if args.resume_from_checkpoint is None and args.output_dir.exists() and any(args.output_dir.iterdir()):
+        if not args.overwrite_output_dir:
+            parser.error(
+                f"--output_dir {args.output_dir} is not empty: pass --overwrite_output_dir or "
+                "--resume_from_checkpoint latest"
+            )
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=str(args.output_dir),
+        # Seeded shuffling: the order of every epoch is reproducible, which exact resumption needs.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.WARNING)
+    # SAM's two positional matrices are one tied tensor, stored once in checkpoints by design.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+    if not accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_error()
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        if args.overwrite_output_dir and args.resume_from_checkpoint is None and args.output_dir.exists():
+            shutil.rmtree(args.output_dir)
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    # 1-2. Model and data; a wrong path, id, column or split stops here, before any heavy work.
+    try:
+        model, processor = load_model(args)
+        train_dataset, train_report, eval_dataset, eval_report = load_data(args, accelerator)
+    except (OSError, ValueError) as error:  # ConnectionError and FileNotFoundError are OSErrors
+        raise SystemExit(f"train.py: error: {error}") from None
+    logger.info(f"train split: {train_report.summary()}", main_process_only=True)
+    logger.info(f"eval split: {eval_report.summary()}", main_process_only=True)
+    trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_parameters = sum(p.numel() for p in model.parameters())
+    logger.info(f"trainable parameters: {trainable_parameters:,} of {total_parameters:,}", main_process_only=True)
+
+    # 3. The frozen encoder runs once per image.
+    if args.cache_embeddings:
+        model.to(accelerator.device)
+        cache_dtype = getattr(torch, args.cache_dtype)
+        train_dataset = build_embedding_cache(
+            train_dataset,
+            model,
+            processor.image_processor,
+            dtype=cache_dtype,
+            accelerator=accelerator,
+            cache_dir=args.cache_dir,
+        )
+        eval_dataset = build_embedding_cache(
+            eval_dataset,
+            model,
+            processor.image_processor,
+            dtype=cache_dtype,
+            accelerator=accelerator,
+            cache_dir=args.cache_dir,
+        )
+
+    train_collator = SamPromptCollator(
+        processor, args.train_prompts, max_objects_per_image=args.max_objects_per_image, seed=args.seed
+    )
+    train_dataloader = DataLoader(
+        train_dataset, shuffle=True, collate_fn=train_collator, batch_size=args.per_device_train_batch_size
+    )
+    eval_dataloader = DataLoader(
+        eval_dataset,
+        collate_fn=evaluation_collator(processor, args.eval_prompts),
+        batch_size=args.per_device_eval_batch_size,
+    )
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps, num_training_steps=max_train_steps
+    )
+    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+    )
+    if args.with_tracking:
+        accelerator.init_trackers("sam_prompt_learner", {k: str(v) for k, v in vars(args).items()})
+
+    # 4. Zero-shot: before any step the prompt learner is the identity, so this is the base SAM.
+    zero_shot = evaluate_model(model, eval_dataloader, accelerator, selections=("predicted_iou", "oracle"))
+    grid_examples = select_grid_examples(eval_dataset, processor, args)
+    zero_shot_masks = predict_masks(model, grid_examples, processor, accelerator)
+    logger.info(f"zero-shot: {zero_shot}", main_process_only=True)
+
+    state = TrainingState()
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        if checkpoint is not None:
+            state = load_checkpoint(accelerator, checkpoint)
+            logger.info(f"resumed from {checkpoint} at step {state.completed_steps}", main_process_only=True)
+
+    # 5. Training.
+    progress = tqdm(
+        range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process
+    )
+    eval_steps = args.eval_steps or steps_per_epoch
+    history = []
+    started = time.perf_counter() - state.elapsed_seconds
+    for epoch in range(state.epoch, num_epochs):
+        model.train()
+        train_collator.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        skip = state.batches_done_in_epoch if epoch == state.epoch else 0
+        if skip:
+            batches = accelerator.skip_first_batches(train_dataloader, skip)
+        for batch_index, batch in enumerate(batches, start=skip):
+            with accelerator.accumulate(model):
+                output = model(
+                    **model_inputs(batch),
+                    labels=batch["labels"],
+                    prompt_mask=batch["prompt_mask"],
+                    multimask_output=True,
+                )
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            state.completed_steps += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{output.loss.item():.3f}")
+            if args.with_tracking:
+                accelerator.log(
+                    {"train/loss": output.loss.item(), "lr": lr_scheduler.get_last_lr()[0]}, step=state.completed_steps
+                )
+            done = state.completed_steps >= max_train_steps
+            if state.completed_steps % eval_steps == 0 or done:
+                scores = evaluate_model(model, eval_dataloader, accelerator)["predicted_iou"]
+                history.append({"step": state.completed_steps, **scores})
+                logger.info(f"step {state.completed_steps}: {scores}", main_process_only=True)
+                if args.with_tracking:
+                    accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=state.completed_steps)
+                if state.best_metric is None or scores["mean_iou"] > state.best_metric:
+                    state.best_metric, state.best_step = scores["mean_iou"], state.completed_steps
+                    save_adapted_model(accelerator, model, processor, args.output_dir / "best_model")
+            if args.checkpointing_steps and state.completed_steps % args.checkpointing_steps == 0 and not done:
+                state.epoch, state.batches_done_in_epoch = epoch, batch_index + 1
+                state.elapsed_seconds = time.perf_counter() - started
+                save_checkpoint(accelerator, args.output_dir, state)
+            if done:
+                break
+        state.batches_done_in_epoch = 0
+        if state.completed_steps >= max_train_steps:
+            break
+    train_time = time.perf_counter() - started
+    progress.close()
+
+    # 6. Outputs: the adapted model, metrics, and a grid of predictions to look at.
+    adapted = evaluate_model(model, eval_dataloader, accelerator, selections=("predicted_iou", "oracle"))
+    adapted_masks = predict_masks(model, grid_examples, processor, accelerator)
+    save_adapted_model(accelerator, model, processor, args.output_dir)
+    if accelerator.is_main_process:
+        summary = RunSummary(
+            base_model=args.model_name_or_path,
+            dataset=args.dataset_name,
+            trainable=list(args.trainable),
+            trainable_parameters=trainable_parameters,
+            total_parameters=total_parameters,
+            completed_steps=state.completed_steps,
+            train_wall_time_seconds=round(train_time, 2),
+            zero_shot=zero_shot,
+            adapted={**adapted, "best_step": state.best_step, "history": history},
+            skipped_data={"train": train_report.to_dict(), "eval": eval_report.to_dict()},
+            settings={
+                "seed": args.seed,
+                "num_processes": accelerator.num_processes,
+                "eval_prompts": args.eval_prompt_mode,
+                "mixed_precision": accelerator.mixed_precision,
+            },
+        )
+        summary.write(args.output_dir / "metrics.json")
+        grid = save_prediction_grid(
+            args.output_dir / "predictions.png",
+            [
+                PredictionExample(
+                    **{k: v for k, v in example.items() if k != "batch"},
+                    predictions={"zero-shot": before, "adapted": after},
+                )
+                for example, before, after in zip(grid_examples, zero_shot_masks, adapted_masks, strict=True)
+            ],
+        )
+        before, after = zero_shot["predicted_iou"], adapted["predicted_iou"]
+        print(f"\n{'':12}{'mIoU':>8}{'Dice':>8}{'bIoU':>8}")
+        for name, scores in (("zero-shot", before), ("adapted", after)):
+            print(f"{name:12}{scores['mean_iou']:8.3f}{scores['mean_dice']:8.3f}{scores['mean_boundary_iou']:8.3f}")
+        print(f"\nadapted model: {args.output_dir}\nmetrics: {args.output_dir / 'metrics.json'}\npredictions: {grid}")
+    if args.with_tracking:
+        accelerator.end_training()
+
+
+def load_model(args):
+    """Any SAM checkpoint, with exactly the planned parts trainable, and its processor."""
+    path = Path(args.model_name_or_path)
+    if (path.is_absolute() or args.model_name_or_path.startswith(".")) and not path.is_dir():
+        raise ValueError(f"--model_name_or_path {path}: no such directory.")
+    overrides = {
+        name: getattr(args, name)
+        for name in ("prompt_learner_depth", "num_boundary_points")
+        if getattr(args, name) is not None
+    }
+    return load_model_and_processor(args.model_name_or_path, args.plan, lora_rank=args.lora_rank, **overrides)
+
+
+def load_data(args, accelerator):
+    """The train and eval splits, normalized, with every skipped image or object counted."""
+    synthetic_options = None
+    if args.dataset_name in SYNTHETIC_TASKS:
+        synthetic_options = {"num_train": args.synthetic_num_train, "seed": 0}
+    raw = load_segmentation_dataset(args.dataset_name, args.dataset_config_name, synthetic_options=synthetic_options)
+    detect = dict(
+        image_column=args.image_column, mask_column=args.mask_column, annotation_format=args.annotation_format
+    )
+    if args.class_ids:
+        detect["class_ids"] = args.class_ids
+    with accelerator.main_process_first():
+        train_dataset, train_report = prepare_split(raw, args.train_split, max_samples=args.max_train_samples, **detect)
+        eval_dataset, eval_report = prepare_split(raw, args.eval_split, max_samples=args.max_eval_samples, **detect)
+    return train_dataset, train_report, eval_dataset, eval_report
+
+
+def save_adapted_model(accelerator, model, processor, directory: Path):
+    """`save_pretrained` the unwrapped model (LoRA merged into a plain `SamPromptLearnerModel`) with its processor."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if hasattr(unwrapped, "merge_and_unload"):  # peft: ship a model that loads with from_pretrained alone
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(directory / "adapter")
+        unwrapped = copy_and_merge(unwrapped)
+    unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        processor.save_pretrained(directory)
+
+
+def copy_and_merge(peft_model):
+    """A merged copy of a peft model; the training model keeps its adapters."""
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+def select_grid_examples(eval_dataset, processor, args) -> list[dict]:
+    """The first evaluation images, each with its first object's deterministic prompt and ground truth."""
+    collator = evaluation_collator(processor, args.eval_prompts, max_objects_per_image=1)
+    rows = [eval_dataset[index] for index in range(min(args.num_grid_examples, len(eval_dataset)))]
+    examples = []
+    for row in rows:
+        mask = decode_rle(row["masks"][0])
+        prompts = sample_object_prompts(
+            mask, args.eval_prompts, prompt_rng(str(row["sample_id"]), 0, args.eval_prompts.seed)
+        )
+        examples.append(
+            dict(
+                image=to_rgb(row["image"]),
+                ground_truth=mask,
+                title=str(row["sample_id"]),
+                points=prompts.points if args.eval_prompt_mode != "box" else None,
+                point_labels=prompts.labels if args.eval_prompt_mode != "box" else None,
+                box=prompts.box if args.eval_prompt_mode != "points" else None,
+                batch=collator([row]),
+            )
+        )
+    return examples
+
+
+@torch.no_grad()
+def predict_masks(model, examples, processor, accelerator) -> list[np.ndarray]:
+    """The model's own choice of mask for each grid example, at the original image size."""
+    was_training = model.training
+    model.eval()
+    masks = []
+    for example in examples:
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in example["batch"].items()}
+        output = model(**model_inputs(batch), multimask_output=True)
+        best = output.iou_scores[0, 0].argmax()
+        logits = output.pred_masks[:, :1, best : best + 1]
+        full = processor.post_process_masks(
+            logits.cpu(), batch["original_sizes"].cpu(), batch["reshaped_input_sizes"].cpu()
+        )[0]
+        masks.append(full[0, 0].numpy())
+    model.train(was_training)
+    return masks
+
+
+if __name__ == "__main__":
+    main()

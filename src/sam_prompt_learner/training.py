@@ -1,0 +1,135 @@
+"""Building blocks of `examples/train.py`: what to train, data preparation with skip accounting, and the run's
+outputs. The script keeps the readable shape of transformers' `*_no_trainer.py` examples; the logic lives here."""
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from peft import get_peft_model
+from transformers import SamProcessor
+
+from .data import SamPromptCollator, SkipReport, prepare_dataset
+from .data.formats import AnnotationSpec
+from .lora import LORA_TARGETS, sam_lora_config
+from .modeling_prompt_learner import TRAINABLE_PARTS, SamPromptLearnerModel
+from .processing import SamPromptLearnerImageProcessor, check_processor_matches_config, processor_for_config
+
+LORA = "lora"
+TRAINABLE_CHOICES = (*TRAINABLE_PARTS, LORA)
+
+
+@dataclass
+class TrainablePlan:
+    """What a run trains, decided from `--trainable` and `--lora_targets` before any heavy work."""
+
+    parts: tuple[str, ...]
+    lora_targets: tuple[str, ...] = ()
+
+    @property
+    def uses_lora(self) -> bool:
+        return bool(self.lora_targets)
+
+    @property
+    def encoder_trains(self) -> bool:
+        """Whether gradients flow through the image encoder (then embeddings cannot be cached)."""
+        return "vision_encoder" in self.parts or "vision_encoder" in self.lora_targets
+
+
+def plan_trainable(trainable: Sequence[str], lora_targets: Sequence[str] = ("mask_decoder",)) -> TrainablePlan:
+    """Validate `--trainable` (names among `TRAINABLE_CHOICES`) into a plan. With `lora`, LoRA adapts
+    `lora_targets` and the prompt learner and point-matching head train in full (peft `modules_to_save`)."""
+    trainable = list(dict.fromkeys(trainable))
+    unknown = sorted(set(trainable) - set(TRAINABLE_CHOICES))
+    if unknown or not trainable:
+        raise ValueError(f"--trainable takes one or more of {list(TRAINABLE_CHOICES)}, got {trainable}.")
+    if LORA not in trainable:
+        return TrainablePlan(parts=tuple(trainable))
+    fully_trained = [part for part in trainable if part not in (LORA, "prompt_learner", "point_matching_head")]
+    if fully_trained:
+        raise ValueError(
+            f"--trainable lora cannot be combined with training {fully_trained} in full; LoRA adapts "
+            f"--lora_targets ({list(lora_targets)}) and trains the prompt learner and point-matching head."
+        )
+    unknown_targets = sorted(set(lora_targets) - set(LORA_TARGETS))
+    if unknown_targets or not lora_targets:
+        raise ValueError(f"--lora_targets takes one or more of {sorted(LORA_TARGETS)}, got {list(lora_targets)}.")
+    return TrainablePlan(parts=("prompt_learner", "point_matching_head"), lora_targets=tuple(lora_targets))
+
+
+def load_model_and_processor(
+    model_name_or_path: str, plan: TrainablePlan, *, lora_rank: int = 8, **config_overrides: Any
+) -> tuple[Any, SamProcessor]:
+    """Load any SAM checkpoint into `SamPromptLearnerModel`, make exactly the planned parts trainable (wrapping it
+    with peft LoRA when planned), and return it with a processor that matches its geometry (the checkpoint's own when
+    it ships one, else `processor_for_config`)."""
+    model = SamPromptLearnerModel.from_pretrained(model_name_or_path, **config_overrides)
+    try:
+        image_processor = SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path)
+        processor = SamProcessor(image_processor)
+    except OSError:  # no preprocessor/processor config in the checkpoint
+        processor = processor_for_config(model.config)
+    check_processor_matches_config(processor, model.config)
+    missing = [part for part in plan.parts if getattr(model, part) is None]
+    if missing:
+        raise ValueError(f"--trainable {missing}: this model's config disables them.")
+    if plan.uses_lora:
+        modules_to_save = [part for part in plan.parts if getattr(model, part) is not None]
+        model = get_peft_model(
+            model, sam_lora_config(plan.lora_targets, rank=lora_rank, modules_to_save=modules_to_save)
+        )
+    else:
+        model.set_trainable(plan.parts)
+    return model, processor
+
+
+def prepare_split(
+    raw: datasets.DatasetDict,
+    split: str,
+    *,
+    spec: AnnotationSpec | None = None,
+    max_samples: int | None = None,
+    **detect_options: Any,
+) -> tuple[datasets.Dataset, SkipReport]:
+    """Normalize one split (see `prepare_dataset`), keeping the first `max_samples` rows when given."""
+    if split not in raw:
+        raise ValueError(f"Split {split!r} not found; the dataset has {sorted(raw)}.")
+    dataset = raw[split]
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if spec is not None:
+        return prepare_dataset(dataset, spec)
+    return prepare_dataset(dataset, **detect_options)
+
+
+@dataclass
+class RunSummary:
+    """What `metrics.json` holds."""
+
+    base_model: str
+    dataset: str
+    trainable: list[str]
+    trainable_parameters: int
+    total_parameters: int
+    completed_steps: int
+    train_wall_time_seconds: float
+    zero_shot: dict[str, Any]
+    adapted: dict[str, Any]
+    skipped_data: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.__dict__, indent=2, default=str) + "\n")
+        return path
+
+
+def evaluation_collator(processor: SamProcessor, prompt_config, max_objects_per_image: int | None = None):
+    """Deterministic prompts; ground truth at the model's input resolution, so scores are taken at full detail."""
+    image_size = processor.image_processor.size["longest_edge"]
+    return SamPromptCollator(
+        processor, prompt_config, training=False, max_objects_per_image=max_objects_per_image, mask_size=image_size
+    )
