@@ -225,8 +225,14 @@ def main(argv=None):
     train_collator = SamPromptCollator(
         processor, args.train_prompts, max_objects_per_image=args.max_objects_per_image, seed=args.seed
     )
+    # A generator of its own: creating a data-loader iterator draws a seed, which must not shift the global random
+    # stream (the loss samples boundary points from it) when a resumed run starts mid-epoch.
     train_dataloader = DataLoader(
-        train_dataset, shuffle=True, collate_fn=train_collator, batch_size=args.per_device_train_batch_size
+        train_dataset,
+        shuffle=True,
+        collate_fn=train_collator,
+        batch_size=args.per_device_train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     eval_dataloader = DataLoader(
         eval_dataset,

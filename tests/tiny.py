@@ -32,3 +32,23 @@ def tiny_config(config_class=SamConfig, image_size: int = IMAGE_SIZE, **extra):
 
 def tiny_image_processor(image_size: int = IMAGE_SIZE) -> SamPromptLearnerImageProcessor:
     return processor_for_config(tiny_config(image_size=image_size)).image_processor
+
+
+def save_tiny_sam(directory, seed: int = 0):
+    """Save a random tiny `SamModel` (model_type "sam") with its processor, as a stand-in for a SAM checkpoint.
+
+    Two choices make it behave like a trained SAM rather than like transformers' from-scratch defaults: weights with
+    `initializer_range=0.2` give logits of a few units (the default 0.02 gives ~1e-4, which no prompt can move), and a
+    N(0, 1) random-Fourier positional matrix (as Meta's SAM uses) instead of std = hidden_size // 2, whose frequencies
+    alias on an 8 x 8 grid so that no location can be learned.
+    """
+    import torch
+    from transformers import SamModel
+
+    torch.manual_seed(seed)
+    model = SamModel(tiny_config(initializer_range=0.2))
+    with torch.no_grad():
+        model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
+    model.save_pretrained(directory)
+    processor_for_config(model.config).save_pretrained(directory)
+    return directory

@@ -1,0 +1,161 @@
+"""End-to-end runs of examples/train.py on a tiny SAM and tiny synthetic data, as subprocesses (as users run it)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+from tiny import save_tiny_sam
+from transformers import AutoModel, AutoProcessor
+
+from sam_prompt_learner import SamPromptLearnerImageProcessor, SamPromptLearnerModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train.py"
+# One thread: the tiny model is dominated by per-op overhead, which extra threads only add to.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def base_sam(tmp_path_factory):
+    return save_tiny_sam(tmp_path_factory.mktemp("base-sam"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+def train_args(base_sam, cache_dir, output_dir, *extra):
+    return [
+        "--model_name_or_path", str(base_sam), "--dataset_name", "plates", "--synthetic_num_train", "32",
+        "--max_eval_samples", "16", "--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
+        "--num_grid_examples", "2", *extra,
+    ]  # fmt: skip
+
+
+def run(args, launcher=(sys.executable,), timeout=300, check=True, env=None):
+    result = subprocess.run(
+        [*launcher, str(SCRIPT), *args], env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def test_training_beats_zero_shot_and_writes_loadable_outputs(base_sam, cache_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    args = ["--trainable", "prompt_learner", "point_matching_head", "mask_decoder", "--learning_rate", "3e-3",
+            "--prompt_modes", "box", "--eval_prompt_mode", "box",
+            "--max_train_steps", "300", "--eval_steps", "100"]  # fmt: skip
+    result = run(train_args(base_sam, cache_dir, output_dir, *args))
+    assert "adapted model:" in result.stdout
+
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    zero_shot, adapted = metrics["zero_shot"]["predicted_iou"], metrics["adapted"]["predicted_iou"]
+    assert adapted["mean_iou"] > zero_shot["mean_iou"] + 0.2, (zero_shot, adapted)
+    assert adapted["num_objects"] == zero_shot["num_objects"] == 16
+    assert metrics["completed_steps"] == 300 and len(metrics["adapted"]["history"]) == 3
+    assert metrics["trainable_parameters"] < metrics["total_parameters"]
+    assert metrics["skipped_data"]["train"]["kept_images"] == 32
+
+    model = AutoModel.from_pretrained(output_dir)
+    assert type(model) is SamPromptLearnerModel
+    assert type(AutoProcessor.from_pretrained(output_dir).image_processor) is SamPromptLearnerImageProcessor
+    assert SamPromptLearnerModel.from_pretrained(output_dir / "best_model") is not None
+    with Image.open(output_dir / "predictions.png") as grid:
+        assert grid.format == "PNG" and grid.width > 0
+    # The frozen encoder did not move.
+    base = load_file(base_sam / "model.safetensors")
+    adapted_weights = load_file(output_dir / "model.safetensors")
+    assert all((adapted_weights[k] == v).all() for k, v in base.items() if k.startswith("vision_encoder."))
+
+
+def test_killed_run_resumes_to_the_same_weights(base_sam, cache_dir, tmp_path):
+    common = ["--max_train_steps", "200", "--checkpointing_steps", "10", "--eval_steps", "200", "--learning_rate",
+              "3e-3", "--trainable", "prompt_learner", "point_matching_head", "mask_decoder"]  # fmt: skip
+    reference = tmp_path / "uninterrupted"
+    run(train_args(base_sam, cache_dir, reference, *common))
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *train_args(base_sam, cache_dir, interrupted, *common)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    checkpoints = interrupted / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not (checkpoints.is_dir() and any(p.name.startswith("step_") for p in checkpoints.iterdir())):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "metrics.json").exists(), "the run finished before it was killed"
+    for checkpoint in checkpoints.iterdir():  # whatever the kill interrupted, no complete-looking broken checkpoint
+        assert checkpoint.name.startswith(".tmp-") or (checkpoint / "training_state.json").is_file()
+
+    run(train_args(base_sam, cache_dir, interrupted, *common, "--resume_from_checkpoint", "latest"))
+    expected = load_file(reference / "model.safetensors")
+    resumed = load_file(interrupted / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        assert (resumed[name] == tensor).all(), name
+
+
+def test_two_processes_train_and_score_every_object_once(base_sam, cache_dir, tmp_path):
+    output_dir = tmp_path / "ddp"
+    # DDP over gloo on CPU: torchrun-style launch (`--multi_gpu`) with the CPU forced (accelerate's own
+    # `--cpu --num_processes 2` expects MPI).
+    launcher = (str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+    run(train_args(base_sam, cache_dir, output_dir, "--max_train_steps", "10", "--max_eval_samples", "15"),
+        launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["settings"]["num_processes"] == 2
+    # 15 images over 2 processes: the padded duplicate is dropped by gather_for_metrics.
+    assert metrics["adapted"]["predicted_iou"]["num_objects"] == 15
+    assert type(AutoModel.from_pretrained(output_dir)) is SamPromptLearnerModel
+
+
+def test_lora_run_saves_a_merged_model_and_the_adapter(base_sam, cache_dir, tmp_path):
+    output_dir = tmp_path / "lora"
+    run(train_args(base_sam, cache_dir, output_dir, "--trainable", "lora", "--max_train_steps", "20",
+                   "--learning_rate", "1e-2"))  # fmt: skip
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["trainable"] == ["lora"]
+    merged = SamPromptLearnerModel.from_pretrained(output_dir)
+    base = load_file(base_sam / "model.safetensors")
+    changed = [k for k, v in merged.state_dict().items() if k in base and not np.array_equal(v, base[k])]
+    assert changed and all(k.startswith("mask_decoder.transformer.") for k in changed), changed
+    assert (output_dir / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trainable", "decoder"], "invalid choice"),
+        (["--trainable", "lora", "mask_decoder"], "cannot be combined"),
+        (["--learning_rate", "0"], "--learning_rate must be > 0"),
+        (["--num_positive_points", "3", "1"], "num_positive_points"),
+        (["--eval_split", "dev"], "Split 'dev' not found"),
+        (["--image_column", "picture"], "picture"),
+    ],
+)
+def test_bad_flags_fail_fast_with_a_clear_message(base_sam, cache_dir, tmp_path, extra, message):
+    result = run(train_args(base_sam, cache_dir, tmp_path / "bad", "--synthetic_num_train", "2", *extra), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_missing_model_directory_fails_before_loading_data(cache_dir, tmp_path):
+    result = run(train_args(tmp_path / "nowhere", cache_dir, tmp_path / "out"), check=False)
+    assert result.returncode != 0 and "no such directory" in result.stderr
+    assert "Generating" not in result.stderr
