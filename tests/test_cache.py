@@ -177,10 +177,11 @@ def test_fingerprint_follows_the_dataset(model, dataset):
     assert fingerprint != embedding_cache_fingerprint(dataset, model, image_processor, image_column="mask")
 
 
-def test_in_memory_dataset_needs_a_cache_dir(model, images, tmp_path):
+def test_in_memory_dataset_goes_to_the_default_or_given_cache_dir(model, images, tmp_path, monkeypatch):
     in_memory = datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image())
-    with pytest.raises(ValueError, match="cache_dir"):
-        build_embedding_cache(in_memory, model, tiny_image_processor())
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    (cache_file,) = embedding_cache_files(build_embedding_cache(in_memory, model, tiny_image_processor()))
+    assert os.path.dirname(cache_file) == str(tmp_path / "hf-datasets" / "sam_prompt_learner_embeddings")
 
     cached = build_embedding_cache(in_memory, model, tiny_image_processor(), cache_dir=tmp_path / "embeddings")
     (cache_file,) = embedding_cache_files(cached)

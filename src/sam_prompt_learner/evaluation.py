@@ -41,6 +41,8 @@ def select_masks(
         `(B, P, h, w)` logits.
     """
     if selection == "single" or pred_masks.shape[2] == 1:
+        if pred_masks.shape[2] != 1:
+            raise ValueError("The single-mask selection needs the output of `multimask_output=False`.")
         return pred_masks[:, :, 0]
     if selection == "predicted_iou":
         index = iou_scores.argmax(dim=2)
@@ -91,10 +93,10 @@ def collect_statistics(
     accelerator: Accelerator,
     *,
     selections: Iterable[str] = ("predicted_iou",),
-    multimask_output: bool = True,
     dilation_ratio: float = 0.02,
 ) -> dict[str, Any]:
-    """Run `model` over `dataloader` and gather, on every process, the per-object statistics of each selection.
+    """Run `model` over `dataloader` and gather, on every process, the per-object statistics of each selection
+    (`"single"` runs the model with `multimask_output=False`, the others with SAM's three masks).
 
     Returns:
         `{"object_ids": list[str] ("<sample_id>/<object index>"), "<selection>": (num_objects, 4) int64 tensor}`.
@@ -104,10 +106,15 @@ def collect_statistics(
     model.eval()
     gathered: dict[str, list] = {"object_ids": [], **{name: [] for name in selections}}
     for batch in dataloader:
-        output = model(**model_inputs(batch), multimask_output=multimask_output)
+        outputs = {
+            multimask: model(**model_inputs(batch), multimask_output=multimask)
+            for multimask in {name != "single" for name in selections}
+        }
         per_selection = {
             name: batch_statistics(
-                select_masks(output.pred_masks, output.iou_scores, name, batch["labels"]),
+                select_masks(
+                    outputs[name != "single"].pred_masks, outputs[name != "single"].iou_scores, name, batch["labels"]
+                ),
                 batch["labels"],
                 batch["reshaped_input_sizes"],
                 dilation_ratio,

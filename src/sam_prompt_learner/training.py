@@ -67,12 +67,7 @@ def load_model_and_processor(
     with peft LoRA when planned), and return it with a processor that matches its geometry (the checkpoint's own when
     it ships one, else `processor_for_config`)."""
     model = SamPromptLearnerModel.from_pretrained(model_name_or_path, **config_overrides)
-    try:
-        image_processor = SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path)
-        processor = SamProcessor(image_processor)
-    except OSError:  # no preprocessor/processor config in the checkpoint
-        processor = processor_for_config(model.config)
-    check_processor_matches_config(processor, model.config)
+    processor = load_processor(model_name_or_path, model.config)
     missing = [part for part in plan.parts if getattr(model, part) is None]
     if missing:
         raise ValueError(f"--trainable {missing}: this model's config disables them.")
@@ -84,6 +79,17 @@ def load_model_and_processor(
     else:
         model.set_trainable(plan.parts)
     return model, processor
+
+
+def load_processor(model_name_or_path: str, config) -> SamProcessor:
+    """The checkpoint's own processor settings (with the torchvision-free image processor), or, when it ships none,
+    `processor_for_config`; either way checked against the model's geometry."""
+    try:
+        processor = SamProcessor(SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path))
+    except OSError:  # no preprocessor/processor config in the checkpoint
+        processor = processor_for_config(config)
+    check_processor_matches_config(processor, config)
+    return processor
 
 
 def prepare_split(

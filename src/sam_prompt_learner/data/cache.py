@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import datasets
@@ -52,6 +53,12 @@ _PROCESSOR_KEYS_WITHOUT_EFFECT_ON_PIXELS = ("mask_size", "mask_pad_size", "_proc
 # What decoding an image or preprocessing it raises on bad input (corrupt or truncated bytes, an unknown format, an
 # image too large for PIL's decompression-bomb guard, a mode the processor cannot convert).
 _IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def default_embedding_cache_dir() -> Path:
+    """Where caches of in-memory datasets go: `sam_prompt_learner_embeddings/` in `datasets`' cache directory
+    (`HF_DATASETS_CACHE`)."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "sam_prompt_learner_embeddings"
 
 
 def vision_encoder_digest(vision_encoder: nn.Module) -> str:
@@ -186,8 +193,8 @@ def build_embedding_cache(
             Otherwise the model runs where it is.
         cache_dir (`str` or `os.PathLike`, *optional*):
             Directory of the cache file. Defaults to the directory of the dataset's own cache files (where
-            `load_dataset` / `load_from_disk` put them). Required for a dataset built in memory (e.g. with
-            `Dataset.from_dict`), which has no such directory.
+            `load_dataset` / `load_from_disk` put them), or, for a dataset built in memory (e.g. with
+            `Dataset.from_dict`, like the embedded synthetic tasks), to `default_embedding_cache_dir()`.
         load_from_cache_file (`bool`, *optional*):
             Reuse an existing cache file with the same fingerprint. Defaults to `datasets`' global caching setting
             (`datasets.is_caching_enabled()`); `False` recomputes the embeddings in every process.
@@ -205,7 +212,7 @@ def build_embedding_cache(
 
     Raises:
         `ValueError`: for an unsupported `dtype`, a missing or non-image `image_column`, an output column already in the
-        dataset, an in-memory dataset without `cache_dir`, or a row whose image is missing, cannot be decoded or cannot
+        dataset, or a row whose image is missing, cannot be decoded or cannot
         be preprocessed (the message names the row index).
     """
     storage_dtype_name = _storage_dtype_name(dtype)
@@ -219,10 +226,8 @@ def build_embedding_cache(
     if existing_output_columns:
         raise ValueError(f"The dataset already has the column(s) {existing_output_columns} that the cache adds.")
     if cache_dir is None and not dataset.cache_files:
-        raise ValueError(
-            "The dataset is held in memory (it has no cache files, e.g. it was built with `Dataset.from_dict`), so the "
-            "embeddings would be kept in memory too; pass `cache_dir=` to write them to disk and memory-map them."
-        )
+        # An in-memory dataset has no directory of its own; the fingerprint makes a shared directory safe.
+        cache_dir = default_embedding_cache_dir()
 
     fingerprint = embedding_cache_fingerprint(dataset, model, image_processor, image_column=image_column, dtype=dtype)
     cache_file_name = None
