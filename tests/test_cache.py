@@ -238,3 +238,35 @@ def test_peft_model_and_accelerator(model, dataset):
     with count_encoded_images(model) as encoded:
         build_embedding_cache(dataset, model, image_processor, accelerator=Accelerator(cpu=True))
     assert encoded[0] == 0
+
+
+def test_training_step_from_the_cache_equals_training_from_pixels(tmp_path):
+    """The loss and the gradients of the trained parts are the same whether the batch carries cached embeddings or
+    pixels that the frozen encoder turns into the same embeddings."""
+    from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
+    from sam_prompt_learner.data import PromptConfig, SamPromptCollator, load_synthetic_task, prepare_dataset
+
+    torch.manual_seed(0)
+    model = SamPromptLearnerModel(tiny_config(PromptLearnerConfig)).train()
+    raw = load_synthetic_task("generic", num_train=4, num_validation=0, num_test=0)
+    normalized, _ = prepare_dataset(raw["train"])
+    cached = build_embedding_cache(normalized, model, tiny_image_processor(), cache_dir=tmp_path)
+    prompts = PromptConfig(mode_weights={"points_and_box": 1.0}, num_positive_points=(1, 3))
+    rows = [cached[index] for index in range(4)]
+
+    def loss_and_gradients(use_image_embeddings: bool):
+        batch = SamPromptCollator(tiny_image_processor(), prompts, use_image_embeddings=use_image_embeddings)(rows)
+        inputs = {k: batch[k] for k in ("pixel_values", "image_embeddings", "input_points", "input_labels",
+                                        "input_boxes", "labels", "prompt_mask") if k in batch}  # fmt: skip
+        model.zero_grad()
+        torch.manual_seed(1)  # the boundary-band points of the loss
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    cached_loss, cached_gradients = loss_and_gradients(True)
+    pixel_loss, pixel_gradients = loss_and_gradients(False)
+    assert cached_loss == pytest.approx(pixel_loss, rel=1e-5)
+    assert cached_gradients.keys() == pixel_gradients.keys() and cached_gradients
+    for name, gradient in cached_gradients.items():
+        torch.testing.assert_close(gradient, pixel_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
