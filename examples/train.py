@@ -204,23 +204,9 @@ def main(argv=None):
     # 3. The frozen encoder runs once per image.
     if args.cache_embeddings:
         model.to(accelerator.device)
-        cache_dtype = getattr(torch, args.cache_dtype)
-        train_dataset = build_embedding_cache(
-            train_dataset,
-            model,
-            processor.image_processor,
-            dtype=cache_dtype,
-            accelerator=accelerator,
-            cache_dir=args.cache_dir,
-        )
-        eval_dataset = build_embedding_cache(
-            eval_dataset,
-            model,
-            processor.image_processor,
-            dtype=cache_dtype,
-            accelerator=accelerator,
-            cache_dir=args.cache_dir,
-        )
+        cache = dict(dtype=getattr(torch, args.cache_dtype), accelerator=accelerator, cache_dir=args.cache_dir)
+        train_dataset = build_embedding_cache(train_dataset, model, processor.image_processor, **cache)
+        eval_dataset = build_embedding_cache(eval_dataset, model, processor.image_processor, **cache)
 
     train_collator = SamPromptCollator(
         processor, args.train_prompts, max_objects_per_image=args.max_objects_per_image, seed=args.seed
