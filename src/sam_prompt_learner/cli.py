@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
@@ -127,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1")
-    torch.set_grad_enabled(False)
     return args.handler(args)
 
 
