@@ -49,6 +49,7 @@ from sam_prompt_learner.data.prompts import POINT_PLACEMENTS, PROMPT_MODES
 from sam_prompt_learner.data.synthetic import SYNTHETIC_TASKS
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
 from sam_prompt_learner.lora import LORA_TARGETS
+from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
     RunSummary,
@@ -318,6 +319,10 @@ def main(argv=None):
     adapted = evaluate_model(model, eval_dataloader, accelerator, selections=("predicted_iou", "oracle"))
     adapted_masks = predict_masks(model, grid_examples, processor, accelerator)
     save_adapted_model(accelerator, model, processor, args.output_dir)
+    if accelerator.is_main_process and not args.plan.uses_lora and set(args.plan.parts) <= set(SAVABLE_PARTS):
+        # The small checkpoint: only what was trained, loadable over the base with `load_trained_parts`.
+        save_trained_parts(accelerator.unwrap_model(model), args.output_dir / "trained_parts", args.plan.parts,
+                           base_model_name_or_path=args.model_name_or_path)  # fmt: skip
     if accelerator.is_main_process:
         summary = RunSummary(
             base_model=args.model_name_or_path,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tiny import save_tiny_sam
 from transformers import AutoModel, AutoProcessor
 
-from sam_prompt_learner import SamPromptLearnerImageProcessor, SamPromptLearnerModel
+from sam_prompt_learner import SamPromptLearnerImageProcessor, SamPromptLearnerModel, load_trained_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train.py"
@@ -68,6 +68,9 @@ def test_training_beats_zero_shot_and_writes_loadable_outputs(base_sam, cache_di
 
     model = AutoModel.from_pretrained(output_dir)
     assert type(model) is SamPromptLearnerModel
+    # The small checkpoint of what was trained, loaded over the base, is the same model.
+    small = load_trained_parts(output_dir / "trained_parts")
+    assert all((small.state_dict()[k] == v).all() for k, v in model.state_dict().items())
     assert type(AutoProcessor.from_pretrained(output_dir).image_processor) is SamPromptLearnerImageProcessor
     assert SamPromptLearnerModel.from_pretrained(output_dir / "best_model") is not None
     with Image.open(output_dir / "predictions.png") as grid:

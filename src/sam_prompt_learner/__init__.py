@@ -8,6 +8,7 @@ Importing the package registers `PromptLearnerConfig` / `SamPromptLearnerModel` 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
 
 from .configuration_prompt_learner import PromptLearnerConfig
+from .inference import load_for_inference, predict_mask
 from .lora import LORA_TARGETS, sam_lora_config
 from .modeling_prompt_learner import (
     DEFAULT_TRAINABLE_PARTS,
@@ -23,6 +24,7 @@ from .processing import (
     processor_for_config,
     register_processing,
 )
+from .trained_parts import load_trained_parts, save_trained_parts
 
 __version__ = "0.1.0.dev0"
 
@@ -47,6 +49,10 @@ __all__ = [
     "SamPromptLearnerImageProcessor",
     "SamPromptLearnerOutput",
     "check_processor_matches_config",
+    "load_for_inference",
+    "load_trained_parts",
+    "predict_mask",
     "processor_for_config",
     "sam_lora_config",
+    "save_trained_parts",
 ]

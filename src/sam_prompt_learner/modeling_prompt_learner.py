@@ -211,7 +211,7 @@ class SamPromptLearnerModel(SamModel):
         self.point_matching_head = PointMatchingHead(config) if config.use_point_matching_head else None
         # SamModel.__init__ initialised its own modules; this second pass initialises only the new ones.
         self.post_init()
-        self._set_default_trainable()
+        self.set_default_trainable()
 
     def _init_weights(self, module: nn.Module):
         super()._init_weights(module)
@@ -223,10 +223,11 @@ class SamPromptLearnerModel(SamModel):
     def from_pretrained(cls, *args, **kwargs):
         model = super().from_pretrained(*args, **kwargs)
         # Loading recreates every parameter with requires_grad=True; restore the documented default.
-        (model[0] if isinstance(model, tuple) else model)._set_default_trainable()
+        (model[0] if isinstance(model, tuple) else model).set_default_trainable()
         return model
 
-    def _set_default_trainable(self):
+    def set_default_trainable(self):
+        """Train the prompt learner and the point-matching head (those this config has); freeze SAM."""
         self.set_trainable([name for name in DEFAULT_TRAINABLE_PARTS if getattr(self, name) is not None])
 
     def set_trainable(self, parts: Iterable[str]) -> int:
