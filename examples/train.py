@@ -48,6 +48,7 @@ from sam_prompt_learner.data.formats import AnnotationFormat, to_rgb
 from sam_prompt_learner.data.prompts import POINT_PLACEMENTS, PROMPT_MODES
 from sam_prompt_learner.data.synthetic import SYNTHETIC_TASKS
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
+from sam_prompt_learner.hub import PushToHubError, push_to_hub
 from sam_prompt_learner.lora import LORA_TARGETS
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
@@ -127,7 +128,14 @@ def parse_args(argv=None):
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="all")
     run.add_argument("--num_grid_examples", type=int, default=6, help="Rows of predictions.png.")
+    hub = parser.add_argument_group("hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="Upload the model and a model card at the end.")
+    hub.add_argument("--hub_model_id", default=None, help="<user>/<name> (default: the output directory's name).")
+    hub.add_argument("--hub_token", default=None, help="Default: HF_TOKEN or the saved `hf auth login`.")
+    hub.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = args.output_dir.resolve().name
 
     for name in (
         "per_device_train_batch_size",
@@ -336,6 +344,17 @@ def main(argv=None):
             adapted={**adapted, "best_step": state.best_step, "history": history},
             skipped_data={"train": train_report.to_dict(), "eval": eval_report.to_dict()},
             settings={
+                "eval_split": args.eval_split,
+                "learning_rate": args.learning_rate,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "max_train_steps": max_train_steps,
+                "prompt_modes": args.prompt_modes,
+                **(
+                    {"lora_targets": list(args.plan.lora_targets), "lora_rank": args.lora_rank}
+                    if args.plan.uses_lora
+                    else {}
+                ),
                 "seed": args.seed,
                 "num_processes": accelerator.num_processes,
                 "eval_prompts": args.eval_prompt_mode,
@@ -360,6 +379,12 @@ def main(argv=None):
         print(f"\nadapted model: {args.output_dir}\nmetrics: {args.output_dir / 'metrics.json'}\npredictions: {grid}")
     if args.with_tracking:
         accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:
+        try:
+            url = push_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+        except PushToHubError as error:
+            raise SystemExit(f"train.py: error: {error}") from None
+        print(f"pushed: {url}")
 
 
 def load_model(args):
