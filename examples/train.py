@@ -17,7 +17,6 @@ The recipe:
 """
 
 import argparse
-import copy
 import logging
 import math
 import shutil
@@ -25,7 +24,6 @@ import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -39,12 +37,9 @@ from sam_prompt_learner.data import (
     PromptConfig,
     SamPromptCollator,
     build_embedding_cache,
-    decode_rle,
     load_segmentation_dataset,
-    prompt_rng,
-    sample_object_prompts,
 )
-from sam_prompt_learner.data.formats import AnnotationFormat, to_rgb
+from sam_prompt_learner.data.formats import AnnotationFormat
 from sam_prompt_learner.data.prompts import POINT_PLACEMENTS, PROMPT_MODES
 from sam_prompt_learner.data.synthetic import SYNTHETIC_TASKS
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
@@ -55,11 +50,14 @@ from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
     RunSummary,
     evaluation_collator,
+    grid_examples,
     load_model_and_processor,
     plan_trainable,
+    predict_grid_masks,
     prepare_split,
+    save_adapted_model,
 )
-from sam_prompt_learner.visualization import PredictionExample, save_prediction_grid
+from sam_prompt_learner.visualization import save_prediction_grid
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -252,8 +250,8 @@ def main(argv=None):
 
     # 4. Zero-shot: before any step the prompt learner is the identity, so this is the base SAM.
     zero_shot = evaluate_model(model, eval_dataloader, accelerator, selections=("predicted_iou", "oracle"))
-    grid_examples = select_grid_examples(eval_dataset, processor, args)
-    zero_shot_masks = predict_masks(model, grid_examples, processor, accelerator)
+    grid = grid_examples(eval_dataset, args.eval_prompts, args.num_grid_examples)
+    zero_shot_masks = predict_grid_masks(accelerator.unwrap_model(model), processor, grid)
     logger.info(f"zero-shot: {zero_shot}", main_process_only=True)
 
     state = TrainingState()
@@ -325,7 +323,7 @@ def main(argv=None):
 
     # 6. Outputs: the adapted model, metrics, and a grid of predictions to look at.
     adapted = evaluate_model(model, eval_dataloader, accelerator, selections=("predicted_iou", "oracle"))
-    adapted_masks = predict_masks(model, grid_examples, processor, accelerator)
+    adapted_masks = predict_grid_masks(accelerator.unwrap_model(model), processor, grid)
     save_adapted_model(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process and not args.plan.uses_lora and set(args.plan.parts) <= set(SAVABLE_PARTS):
         # The small checkpoint: only what was trained, loadable over the base with `load_trained_parts`.
@@ -362,21 +360,16 @@ def main(argv=None):
             },
         )
         summary.write(args.output_dir / "metrics.json")
-        grid = save_prediction_grid(
-            args.output_dir / "predictions.png",
-            [
-                PredictionExample(
-                    **{k: v for k, v in example.items() if k != "batch"},
-                    predictions={"zero-shot": before, "adapted": after},
-                )
-                for example, before, after in zip(grid_examples, zero_shot_masks, adapted_masks, strict=True)
-            ],
-        )
+        for example, before, after in zip(grid, zero_shot_masks, adapted_masks, strict=True):
+            example.predictions = {"zero-shot": before, "adapted": after}
+        grid_path = save_prediction_grid(args.output_dir / "predictions.png", grid)
         before, after = zero_shot["predicted_iou"], adapted["predicted_iou"]
         print(f"\n{'':12}{'mIoU':>8}{'Dice':>8}{'bIoU':>8}")
         for name, scores in (("zero-shot", before), ("adapted", after)):
             print(f"{name:12}{scores['mean_iou']:8.3f}{scores['mean_dice']:8.3f}{scores['mean_boundary_iou']:8.3f}")
-        print(f"\nadapted model: {args.output_dir}\nmetrics: {args.output_dir / 'metrics.json'}\npredictions: {grid}")
+        print(
+            f"\nadapted model: {args.output_dir}\nmetrics: {args.output_dir / 'metrics.json'}\npredictions: {grid_path}"
+        )
     if args.with_tracking:
         accelerator.end_training()
     if args.push_to_hub and accelerator.is_main_process:
@@ -415,67 +408,6 @@ def load_data(args, accelerator):
         train_dataset, train_report = prepare_split(raw, args.train_split, max_samples=args.max_train_samples, **detect)
         eval_dataset, eval_report = prepare_split(raw, args.eval_split, max_samples=args.max_eval_samples, **detect)
     return train_dataset, train_report, eval_dataset, eval_report
-
-
-def save_adapted_model(accelerator, model, processor, directory: Path):
-    """`save_pretrained` the unwrapped model (LoRA merged into a plain `SamPromptLearnerModel`) with its processor."""
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "merge_and_unload"):  # peft: ship a model that loads with from_pretrained alone
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(directory / "adapter")
-        unwrapped = copy_and_merge(unwrapped)
-    unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
-    if accelerator.is_main_process:
-        processor.save_pretrained(directory)
-
-
-def copy_and_merge(peft_model):
-    """A merged copy of a peft model; the training model keeps its adapters."""
-    return copy.deepcopy(peft_model).merge_and_unload()
-
-
-def select_grid_examples(eval_dataset, processor, args) -> list[dict]:
-    """The first evaluation images, each with its first object's deterministic prompt and ground truth."""
-    collator = evaluation_collator(processor, args.eval_prompts, max_objects_per_image=1)
-    rows = [eval_dataset[index] for index in range(min(args.num_grid_examples, len(eval_dataset)))]
-    examples = []
-    for row in rows:
-        mask = decode_rle(row["masks"][0])
-        prompts = sample_object_prompts(
-            mask, args.eval_prompts, prompt_rng(str(row["sample_id"]), 0, args.eval_prompts.seed)
-        )
-        examples.append(
-            dict(
-                image=to_rgb(row["image"]),
-                ground_truth=mask,
-                title=str(row["sample_id"]),
-                points=prompts.points if args.eval_prompt_mode != "box" else None,
-                point_labels=prompts.labels if args.eval_prompt_mode != "box" else None,
-                box=prompts.box if args.eval_prompt_mode != "points" else None,
-                batch=collator([row]),
-            )
-        )
-    return examples
-
-
-@torch.no_grad()
-def predict_masks(model, examples, processor, accelerator) -> list[np.ndarray]:
-    """The model's own choice of mask for each grid example, at the original image size."""
-    was_training = model.training
-    model.eval()
-    masks = []
-    for example in examples:
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in example["batch"].items()}
-        output = model(**model_inputs(batch), multimask_output=True)
-        best = output.iou_scores[0, 0].argmax()
-        logits = output.pred_masks[:, :1, best : best + 1]
-        full = processor.post_process_masks(
-            logits.cpu(), batch["original_sizes"].cpu(), batch["reshaped_input_sizes"].cpu()
-        )[0]
-        masks.append(full[0, 0].numpy())
-    model.train(was_training)
-    return masks
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from .evaluation import MASK_SELECTIONS, evaluate_model, prompt_robustness
 from .hub import register_push_command
 from .inference import register_predict_command
 from .modeling_prompt_learner import SamPromptLearnerModel
-from .training import evaluation_collator, load_processor, prepare_split
+from .processing import load_processor
+from .training import evaluation_collator, prepare_split
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,8 +40,8 @@ from transformers import SamProcessor
 
 from .data import to_rgb
 from .modeling_prompt_learner import SamPromptLearnerModel
+from .processing import load_processor
 from .trained_parts import is_trained_parts_directory, load_trained_parts, trained_parts_base
-from .training import load_processor
 from .visualization import (
     BOX_COLOR,
     MASK_FILL_OPACITY,
@@ -174,7 +174,7 @@ def predict_mask(
         point_labels = [1] * len(points)
     check_prompt(image.width, image.height, points, point_labels, box)
     prompt_inputs = {}
-    if points:
+    if points is not None and len(points) > 0:
         prompt_inputs["input_points"] = [[[list(point) for point in points]]]  # [image][prompt][point][xy]
         prompt_inputs["input_labels"] = [[list(point_labels)]]  # [image][prompt][point]
     if box is not None:

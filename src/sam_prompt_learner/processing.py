@@ -207,3 +207,14 @@ def check_processor_matches_config(
                 f"(vision image_size {config.vision_config.image_size}, patch_size "
                 f"{config.vision_config.patch_size}). Build a matching processor with `processor_for_config(config)`."
             )
+
+
+def load_processor(model_name_or_path: str, config) -> SamProcessor:
+    """The checkpoint's own processor settings (with the torchvision-free image processor), or, when it ships none,
+    `processor_for_config`; either way checked against the model's geometry."""
+    try:
+        processor = SamProcessor(SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path))
+    except OSError:  # no preprocessor/processor config in the checkpoint
+        processor = processor_for_config(config)
+    check_processor_matches_config(processor, config)
+    return processor

@@ -1,6 +1,7 @@
 """Building blocks of `examples/train.py`: what to train, data preparation with skip accounting, and the run's
 outputs. The script keeps the readable shape of transformers' `*_no_trainer.py` examples; the logic lives here."""
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -9,14 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from peft import get_peft_model
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft import PeftModel, get_peft_model
 from transformers import SamProcessor
 
-from .data import SamPromptCollator, SkipReport, prepare_dataset
-from .data.formats import AnnotationSpec
+from .data import (
+    PromptConfig,
+    SamPromptCollator,
+    SkipReport,
+    decode_rle,
+    prepare_dataset,
+    prompt_rng,
+    sample_object_prompts,
+)
+from .data.formats import AnnotationSpec, to_rgb
+from .inference import predict_mask
 from .lora import LORA_TARGETS, sam_lora_config
 from .modeling_prompt_learner import TRAINABLE_PARTS, SamPromptLearnerModel
-from .processing import SamPromptLearnerImageProcessor, check_processor_matches_config, processor_for_config
+from .processing import load_processor
+from .visualization import PredictionExample
 
 LORA = "lora"
 TRAINABLE_CHOICES = (*TRAINABLE_PARTS, LORA)
@@ -81,17 +95,6 @@ def load_model_and_processor(
     return model, processor
 
 
-def load_processor(model_name_or_path: str, config) -> SamProcessor:
-    """The checkpoint's own processor settings (with the torchvision-free image processor), or, when it ships none,
-    `processor_for_config`; either way checked against the model's geometry."""
-    try:
-        processor = SamProcessor(SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path))
-    except OSError:  # no preprocessor/processor config in the checkpoint
-        processor = processor_for_config(config)
-    check_processor_matches_config(processor, config)
-    return processor
-
-
 def prepare_split(
     raw: datasets.DatasetDict,
     split: str,
@@ -131,6 +134,58 @@ class RunSummary:
         path = Path(path)
         path.write_text(json.dumps(self.__dict__, indent=2, default=str) + "\n")
         return path
+
+
+def save_adapted_model(accelerator: Accelerator, model, processor: SamProcessor, directory: Path) -> None:
+    """`save_pretrained` the trained model with its processor, from every process (only the main one writes). A peft
+    model is saved twice: its adapter under `directory/adapter`, and merged into a plain `SamPromptLearnerModel`
+    (a copy: the training model keeps its adapters) so that `from_pretrained` alone loads the result."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if isinstance(unwrapped, PeftModel):
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(directory / "adapter")
+        unwrapped = copy.deepcopy(unwrapped).merge_and_unload()
+    unwrapped.save_pretrained(directory, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        processor.save_pretrained(directory)
+
+
+def grid_examples(dataset: datasets.Dataset, prompt_config: PromptConfig, count: int) -> list[PredictionExample]:
+    """The first `count` images of a normalized dataset, each with its first object's evaluation prompt and ground
+    truth, for `predictions.png` (predictions are filled in later)."""
+    mode = prompt_config.evaluation_mode
+    examples = []
+    for index in range(min(count, len(dataset))):
+        row = dataset[index]
+        mask = decode_rle(row["masks"][0])
+        prompts = sample_object_prompts(mask, prompt_config, prompt_rng(str(row["sample_id"]), 0, prompt_config.seed))
+        with_points = mode in ("points", "points_and_box")
+        examples.append(
+            PredictionExample(
+                image=to_rgb(row["image"]),
+                ground_truth=mask,
+                predictions={},
+                points=prompts.points if with_points else None,
+                point_labels=prompts.labels if with_points else None,
+                box=prompts.box if mode in ("box", "points_and_box") else None,
+                title=str(row["sample_id"]),
+            )
+        )
+    return examples
+
+
+@torch.no_grad()
+def predict_grid_masks(model, processor: SamProcessor, examples: Sequence[PredictionExample]) -> list[np.ndarray]:
+    """The model's own choice of mask (highest predicted IoU) for each example's prompt, at the image's size."""
+    was_training = model.training
+    model.eval()
+    masks = [
+        predict_mask(model, processor, example.image, example.points, example.point_labels, example.box).mask
+        for example in examples
+    ]
+    model.train(was_training)
+    return masks
 
 
 def evaluation_collator(processor: SamProcessor, prompt_config, max_objects_per_image: int | None = None):
