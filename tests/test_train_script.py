@@ -156,6 +156,8 @@ def test_lora_run_saves_a_merged_model_and_the_adapter_and_a_failed_push_keeps_t
         (["--num_positive_points", "3", "1"], "num_positive_points"),
         (["--eval_split", "dev"], "Split 'dev' not found"),
         (["--image_column", "picture"], "picture"),
+        (["--config_overrides", "hidden_size=3"], "is not 'field=value'"),
+        (["--config_overrides", "focal_loss_weight=-1"], "focal_loss_weight"),
     ],
 )
 def test_bad_flags_fail_fast_with_a_clear_message(base_sam, cache_dir, tmp_path, extra, message):

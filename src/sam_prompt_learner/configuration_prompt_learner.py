@@ -3,6 +3,8 @@ the training-loss weights."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from transformers import SamConfig
 
 
@@ -47,8 +49,11 @@ class PromptLearnerConfig(SamConfig):
         Weight of the MSE between the predicted IoU scores and the IoU each mask actually reaches.
     point_matching_loss_weight (`float`, *optional*, defaults to 1.0):
         Weight of the L1 loss between predicted boundary points and their Hungarian-matched ground-truth points.
-    boundary_point_loss_weight (`float`, *optional*, defaults to 1.0):
-        Weight of the BCE on the mask logits sampled at ground-truth boundary-band points.
+    boundary_point_loss_weight (`float`, *optional*, defaults to 0.1):
+        Weight of the BCE on the mask logits sampled at ground-truth boundary-band points. At 1.0 this term collapsed
+        the masks of a prompt-learner-only adaptation of the embedded tiny SAM on `plates` (eval mIoU 0.283 -> 0.05 in
+        200 steps at lr 1e-3); at 0.1 the same run reached 0.327 with the best boundary IoU (0.179, against 0.161
+        without either boundary term).
 
     Example:
 
@@ -76,7 +81,7 @@ class PromptLearnerConfig(SamConfig):
     dice_loss_weight: float = 1.0
     iou_loss_weight: float = 1.0
     point_matching_loss_weight: float = 1.0
-    boundary_point_loss_weight: float = 1.0
+    boundary_point_loss_weight: float = 0.1
 
     def __post_init__(self, **kwargs):
         # A plain SAM config.json carries `"model_type": "sam"`; left in kwargs it would shadow the class attribute.
@@ -133,3 +138,9 @@ class PromptLearnerConfig(SamConfig):
         if not self.tie_word_embeddings:
             # Untied, loading a SAM checkpoint re-initialises the prompt encoder's Fourier matrix and breaks SAM.
             raise ValueError("`tie_word_embeddings` must stay True: SAM's two positional matrices are one tensor.")
+
+
+# The fields this package adds to `SamConfig` (the others describe SAM itself and come from its checkpoint).
+PROMPT_LEARNER_FIELDS = tuple(
+    sorted({f.name for f in dataclasses.fields(PromptLearnerConfig)} - {f.name for f in dataclasses.fields(SamConfig)})
+)

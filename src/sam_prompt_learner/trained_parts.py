@@ -37,9 +37,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import SamConfig
 
-from .configuration_prompt_learner import PromptLearnerConfig
+from .configuration_prompt_learner import PROMPT_LEARNER_FIELDS
 from .modeling_prompt_learner import SamPromptLearnerModel
 
 TRAINED_PARTS_CONFIG_NAME = "trained_parts_config.json"
@@ -53,15 +52,6 @@ PEFT_ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 SAVABLE_PARTS = ("prompt_learner", "point_matching_head", "mask_decoder")
 
 
-def _field_names(config_class: type) -> list[str]:
-    return [field.name for field in dataclasses.fields(config_class)]
-
-
-# The fields `PromptLearnerConfig` adds to `SamConfig`: they size the prompt learner and the head (and weigh the
-# training losses), so they are recorded with the parts; everything else comes from the base's own config.
-PROMPT_LEARNER_CONFIG_FIELDS = tuple(sorted(set(_field_names(PromptLearnerConfig)) - set(_field_names(SamConfig))))
-
-
 @dataclasses.dataclass
 class TrainedPartsConfig:
     """
@@ -73,7 +63,7 @@ class TrainedPartsConfig:
         parts (`list[str]`):
             The saved parts, names among `SAVABLE_PARTS`.
         prompt_learner_config (`dict[str, Any]`):
-            Values of the `PromptLearnerConfig` fields that `SamConfig` lacks (`PROMPT_LEARNER_CONFIG_FIELDS`), applied
+            Values of the `PromptLearnerConfig` fields that `SamConfig` lacks (`PROMPT_LEARNER_FIELDS`), applied
             over the base's config when loading.
     """
 
@@ -98,7 +88,7 @@ class TrainedPartsConfig:
             found = sorted(values) if isinstance(values, dict) else type(values).__name__
             raise ValueError(f"{path} must be a JSON object with exactly the keys {sorted(expected)}, got {found}.")
         _check_parts(values["parts"], source=str(path))
-        unknown_fields = sorted(set(values["prompt_learner_config"]) - set(PROMPT_LEARNER_CONFIG_FIELDS))
+        unknown_fields = sorted(set(values["prompt_learner_config"]) - set(PROMPT_LEARNER_FIELDS))
         if unknown_fields:
             raise ValueError(f"{path}: unknown prompt_learner_config fields {unknown_fields}.")
         return cls(**values)
@@ -178,7 +168,7 @@ def save_trained_parts(
     config = TrainedPartsConfig(
         base_model_name_or_path=str(base_model_name_or_path),
         parts=parts,
-        prompt_learner_config={name: getattr(model.config, name) for name in PROMPT_LEARNER_CONFIG_FIELDS},
+        prompt_learner_config={name: getattr(model.config, name) for name in PROMPT_LEARNER_FIELDS},
     )
     config.save(save_directory)
     return save_directory

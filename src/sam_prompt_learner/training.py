@@ -2,6 +2,7 @@
 outputs. The script keeps the readable shape of transformers' `*_no_trainer.py` examples; the logic lives here."""
 
 import copy
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from accelerate import Accelerator
 from peft import PeftModel, get_peft_model
 from transformers import SamProcessor
 
+from .configuration_prompt_learner import PROMPT_LEARNER_FIELDS, PromptLearnerConfig
 from .data import (
     PromptConfig,
     SamPromptCollator,
@@ -72,6 +74,33 @@ def plan_trainable(trainable: Sequence[str], lora_targets: Sequence[str] = ("mas
     if unknown_targets or not lora_targets:
         raise ValueError(f"--lora_targets takes one or more of {sorted(LORA_TARGETS)}, got {list(lora_targets)}.")
     return TrainablePlan(parts=("prompt_learner", "point_matching_head"), lora_targets=tuple(lora_targets))
+
+
+def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
+    """`"prompt_learner_depth=2,focal_loss_weight=10"` -> typed keyword arguments for `PromptLearnerConfig`. Only the
+    fields this package adds can be overridden (SAM's own sizes must match the checkpoint)."""
+    if not overrides:
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(PromptLearnerConfig) if f.name in PROMPT_LEARNER_FIELDS}
+    parsed = {}
+    for item in overrides.split(","):
+        name, separator, value = item.partition("=")
+        name = name.strip()
+        if not separator or name not in fields:
+            raise ValueError(f"--config_overrides: {item!r} is not 'field=value' with a field among {sorted(fields)}.")
+        default = fields[name].default
+        kind = type(default) if default is not None else int
+        if kind is bool:
+            if value.strip().lower() not in ("true", "false"):
+                raise ValueError(f"--config_overrides: {name} takes true or false, got {value!r}.")
+            parsed[name] = value.strip().lower() == "true"
+        else:
+            try:
+                parsed[name] = kind(value)
+            except ValueError:
+                raise ValueError(f"--config_overrides: {name} takes a {kind.__name__}, got {value!r}.") from None
+    PromptLearnerConfig(**parsed)  # the config's own validation, before any heavy work
+    return parsed
 
 
 def load_model_and_processor(
