@@ -42,6 +42,7 @@ from sam_prompt_learner.data import (
 from sam_prompt_learner.data.formats import AnnotationFormat
 from sam_prompt_learner.data.prompts import POINT_PLACEMENTS, PROMPT_MODES
 from sam_prompt_learner.data.synthetic import SYNTHETIC_TASKS
+from sam_prompt_learner.embedded import embedded_model_path
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
 from sam_prompt_learner.hub import PushToHubError, push_to_hub
 from sam_prompt_learner.lora import LORA_TARGETS
@@ -52,6 +53,7 @@ from sam_prompt_learner.training import (
     evaluation_collator,
     grid_examples,
     load_model_and_processor,
+    parse_config_overrides,
     plan_trainable,
     predict_grid_masks,
     prepare_split,
@@ -65,19 +67,26 @@ logger = get_logger(__name__, log_level="INFO")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Adapt SAM to a segmentation task by prompt learning.")
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", required=True, help="Any SAM checkpoint: a Hub id or a directory.")
+    model.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="Any SAM checkpoint: a Hub id or a directory (default: the package's embedded tiny SAM).",
+    )
     model.add_argument(
         "--trainable", nargs="+", default=["prompt_learner", "point_matching_head"], choices=TRAINABLE_CHOICES
     )
     model.add_argument("--lora_targets", nargs="+", default=["mask_decoder"], choices=sorted(LORA_TARGETS))
     model.add_argument("--lora_rank", type=int, default=8)
-    model.add_argument("--prompt_learner_depth", type=int, default=None, help="Override the config (0 = no PLM).")
-    model.add_argument("--num_boundary_points", type=int, default=None, help="Override the config.")
+    model.add_argument(
+        "--config_overrides",
+        default=None,
+        help="PromptLearnerConfig fields to override, e.g. 'prompt_learner_depth=2,focal_loss_weight=10'.",
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset_name",
-        required=True,
+        default="plates",
         help=f"A Hub id, a local directory, a save_to_disk directory, or an embedded task: {sorted(SYNTHETIC_TASKS)}.",
     )
     data.add_argument("--dataset_config_name", default=None)
@@ -109,7 +118,7 @@ def parse_args(argv=None):
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--weight_decay", type=float, default=0.01)
-    train.add_argument("--num_train_epochs", type=int, default=3)
+    train.add_argument("--num_train_epochs", type=int, default=10)
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1)
     train.add_argument("--lr_scheduler_type", type=SchedulerType, default="cosine", choices=list(SchedulerType))
@@ -118,7 +127,9 @@ def parse_args(argv=None):
     train.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", type=Path, required=True)
+    run.add_argument(
+        "--output_dir", type=Path, default=None, help="Default: outputs/<dataset name>, replaced on every run."
+    )
     run.add_argument("--overwrite_output_dir", action="store_true")
     run.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (default: each epoch).")
     run.add_argument("--checkpointing_steps", type=int, default=None, help="Save a resumable state every N steps.")
@@ -132,6 +143,11 @@ def parse_args(argv=None):
     hub.add_argument("--hub_token", default=None, help="Default: HF_TOKEN or the saved `hf auth login`.")
     hub.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
+    if args.model_name_or_path is None:
+        args.model_name_or_path = str(embedded_model_path())
+    if args.output_dir is None:
+        args.output_dir = Path("outputs") / Path(args.dataset_name).name
+        args.overwrite_output_dir = args.resume_from_checkpoint is None
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = args.output_dir.resolve().name
 
@@ -151,6 +167,7 @@ def parse_args(argv=None):
     if args.learning_rate <= 0:
         parser.error("--learning_rate must be > 0")
     try:
+        args.config_overrides = parse_config_overrides(args.config_overrides)
         args.plan = plan_trainable(args.trainable, args.lora_targets)
         args.train_prompts = PromptConfig(
             mode_weights={mode: 1.0 for mode in args.prompt_modes},
@@ -385,12 +402,9 @@ def load_model(args):
     path = Path(args.model_name_or_path)
     if (path.is_absolute() or args.model_name_or_path.startswith(".")) and not path.is_dir():
         raise ValueError(f"--model_name_or_path {path}: no such directory.")
-    overrides = {
-        name: getattr(args, name)
-        for name in ("prompt_learner_depth", "num_boundary_points")
-        if getattr(args, name) is not None
-    }
-    return load_model_and_processor(args.model_name_or_path, args.plan, lora_rank=args.lora_rank, **overrides)
+    return load_model_and_processor(
+        args.model_name_or_path, args.plan, lora_rank=args.lora_rank, **args.config_overrides
+    )
 
 
 def load_data(args, accelerator):

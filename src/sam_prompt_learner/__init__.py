@@ -8,6 +8,7 @@ Importing the package registers `PromptLearnerConfig` / `SamPromptLearnerModel` 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
 
 from .configuration_prompt_learner import PromptLearnerConfig
+from .embedded import TINY_SAM, embedded_model_path
 from .inference import load_for_inference, predict_mask
 from .lora import LORA_TARGETS, sam_lora_config
 from .modeling_prompt_learner import (
@@ -48,7 +49,9 @@ __all__ = [
     "SamPromptLearnerModel",
     "SamPromptLearnerImageProcessor",
     "SamPromptLearnerOutput",
+    "TINY_SAM",
     "check_processor_matches_config",
+    "embedded_model_path",
     "load_for_inference",
     "load_trained_parts",
     "predict_mask",
