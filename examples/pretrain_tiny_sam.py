@@ -73,11 +73,9 @@ from sam_prompt_learner.data.prompts import PromptConfig, prompt_rng, sample_obj
 from sam_prompt_learner.data.synthetic import IMAGE_ID_STRIDE, SPLITS, generate_scene
 from sam_prompt_learner.losses import dice_loss
 from sam_prompt_learner.metrics import mask_iou
+from sam_prompt_learner.modeling_prompt_learner import POINT_PAD_LABEL
 
 logger = logging.getLogger("pretrain_tiny_sam")
-
-# Label of a padding point, as `SamProcessor` pads ragged point lists (the prompt encoder gives it a zero embedding).
-POINT_PAD_LABEL = -10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

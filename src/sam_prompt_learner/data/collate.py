@@ -11,11 +11,9 @@ import torch.nn.functional as F
 from transformers import SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
+from ..modeling_prompt_learner import POINT_PAD_LABEL
 from .masks import decode_rle
 from .prompts import PromptConfig, prompt_rng, sample_object_prompts, training_batch_rng
-
-# SamProcessor's pad value for points and labels, which SAM's prompt encoder embeds as zero.
-POINT_PAD_LABEL = SamProcessor.point_pad_value
 
 
 def masks_to_padded_frame(
