@@ -29,7 +29,6 @@ import datasets
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from transformers.image_transforms import convert_to_rgb
 
 from .masks import decode_rle, encode_rle, polygons_to_mask
 
@@ -419,7 +418,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     - 16-bit modes (`I;16`, `I;16B`, ...) are scaled from [0, 65535] to [0, 255]; PIL's own conversion clips them.
     - 32-bit modes (`I`, `F`) have no fixed range, so they are stretched from their min to their max.
     - Transparency (`RGBA`, `LA`, `PA`, palette with a transparent index) is composited onto white, and other modes
-      (`L`, `P`, `1`, `CMYK`, ...) converted, by transformers' `convert_to_rgb`.
+      (`L`, `P`, `1`, `CMYK`, ...) converted by PIL.
 
     Args:
         image (`PIL.Image.Image`): the image.
@@ -435,8 +434,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         low, high = values.min(), values.max()
         gray = np.round((values - low) * (255.0 / (high - low))) if high > low else np.zeros_like(values)
+    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     else:
-        return Image.fromarray(convert_to_rgb(image, return_numpy=True))
+        return image.convert("RGB")
     return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
 
 
