@@ -1,6 +1,7 @@
 """Tiny SAM geometry shared by the tests: 128 px images, 8x8 image embeddings, 32x32 mask logits."""
 
-from transformers import SamConfig
+import torch
+from transformers import SamConfig, SamModel
 
 from sam_prompt_learner.processing import SamPromptLearnerImageProcessor, processor_for_config
 
@@ -42,9 +43,6 @@ def save_tiny_sam(directory, seed: int = 0):
     N(0, 1) random-Fourier positional matrix (as Meta's SAM uses) instead of std = hidden_size // 2, whose frequencies
     alias on an 8 x 8 grid so that no location can be learned.
     """
-    import torch
-    from transformers import SamModel
-
     torch.manual_seed(seed)
     model = SamModel(tiny_config(initializer_range=0.2))
     with torch.no_grad():
