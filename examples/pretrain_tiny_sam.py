@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision_heads", type=int, default=4)
     parser.add_argument("--decoder_hidden_size", type=int, default=64, help="Also the image-embedding channels.")
     parser.add_argument("--trainable_positional_matrix", action="store_true", help="Keep transformers' default.")
+    parser.add_argument(
+        "--aligned_attention_scale",
+        type=float,
+        default=2.0,
+        help="If > 0, start the decoder's cross-attentions with equal query and key projections (see "
+        "`align_cross_attention`) of this scale; 0 keeps transformers' init.",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="Images per step.")
     parser.add_argument("--prompts_per_image", type=int, default=8, help="Objects per image for each prompt kind.")
     parser.add_argument("--loss", choices=("bce_dice", "focal_dice"), default="bce_dice")
@@ -142,6 +149,29 @@ def fix_positional_matrix(model: SamModel, generator: torch.Generator) -> None:
     with torch.no_grad():
         matrix.copy_(torch.randn(matrix.shape, generator=generator))
     matrix.requires_grad_(False)
+
+
+def align_cross_attention(model: SamModel, scale: float, generator: torch.Generator) -> None:
+    """Give every decoder cross-attention one shared orthonormal query/key projection, times `scale`, zero biases.
+
+    Why: queries and keys both carry positional encodings (the prompt's and the image grid's random-Fourier features).
+    With equal projections a prompt token's attention score peaks at the image positions whose encoding matches its
+    own, so from the first step the decoder can route a click to its location; with independent random projections
+    it must first learn that alignment, which is the long all-empty-mask plateau a from-scratch run starts on.
+    """
+    for layer in [*model.mask_decoder.transformer.layers, model.mask_decoder.transformer]:
+        attentions = (
+            [layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
+            if hasattr(layer, "cross_attn_image_to_token")
+            else [layer.final_attn_token_to_image]
+        )
+        for attention in attentions:
+            shape = attention.q_proj.weight.shape  # (internal_dim, hidden_size)
+            projection = torch.linalg.qr(torch.randn(shape[1], shape[0], generator=generator)).Q.T * scale
+            with torch.no_grad():
+                for linear in (attention.q_proj, attention.k_proj):
+                    linear.weight.copy_(projection)
+                    linear.bias.zero_()
 
 
 class Scenes:
@@ -462,6 +492,8 @@ def main(argv: list[str] | None = None) -> None:
     model = SamModel(config)
     if not args.trainable_positional_matrix:
         fix_positional_matrix(model, generator)
+    if args.aligned_attention_scale > 0:
+        align_cross_attention(model, args.aligned_attention_scale, generator)
     processor = processor_for_config(config)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     logger.info(f"SamModel with {num_parameters:,} parameters; args: {vars(args)}")

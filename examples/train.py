@@ -318,7 +318,9 @@ def main(argv=None):
                 )
             done = state.completed_steps >= max_train_steps
             if state.completed_steps % eval_steps == 0 or done:
+                eval_started = time.perf_counter()
                 scores = evaluate_model(model, eval_dataloader, accelerator)["predicted_iou"]
+                state.eval_seconds += time.perf_counter() - eval_started
                 history.append({"step": state.completed_steps, **scores})
                 logger.info(f"step {state.completed_steps}: {scores}", main_process_only=True)
                 if args.with_tracking:
@@ -355,6 +357,7 @@ def main(argv=None):
             total_parameters=total_parameters,
             completed_steps=state.completed_steps,
             train_wall_time_seconds=round(train_time, 2),
+            eval_wall_time_seconds=round(state.eval_seconds, 2),
             zero_shot=zero_shot,
             adapted={**adapted, "best_step": state.best_step, "history": history},
             skipped_data={"train": train_report.to_dict(), "eval": eval_report.to_dict()},

@@ -3,6 +3,7 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from sam_prompt_learner import SamPromptLearnerModel, sam_lora_config
+from sam_prompt_learner.training import load_model_and_processor, plan_trainable
 
 
 def batch(seed=0):
@@ -50,3 +51,15 @@ def test_lora_wrap_train_save_reload_and_merge(sam_checkpoint, tmp_path, targets
 def test_lora_config_rejects_unknown_targets():
     with pytest.raises(ValueError, match="LoRA targets"):
         sam_lora_config(["decoder"])
+
+
+def test_plain_lora_when_the_config_has_no_prompt_learner_or_head(sam_checkpoint):
+    """`--trainable lora` on a model without the prompt learner and head (the benchmarks' LoRA baseline) trains only
+    the adapters; a full-training plan naming a disabled part is still refused."""
+    model, _ = load_model_and_processor(
+        sam_checkpoint, plan_trainable(["lora"]), lora_rank=4, prompt_learner_depth=0, use_point_matching_head=False
+    )
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    with pytest.raises(ValueError, match="disables them"):
+        load_model_and_processor(sam_checkpoint, plan_trainable(["prompt_learner"]), prompt_learner_depth=0)

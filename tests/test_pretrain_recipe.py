@@ -101,3 +101,54 @@ def test_positional_matrix_is_standard_normal_frozen_and_shared_with_the_prompt_
     matrix = model.shared_image_embedding.positional_embedding
     assert not matrix.requires_grad and matrix.abs().max() < 6  # the default has std hidden_size // 2 = 16
     assert model.prompt_encoder.shared_embedding.positional_embedding is matrix
+
+
+def small_model_args(*extra: str):
+    return pretrain.parse_args(
+        ["--vision_hidden_size", "32", "--vision_layers", "1", "--decoder_hidden_size", "32", *extra]
+    )
+
+
+def test_aligned_cross_attention_routes_a_point_to_its_location():
+    """With equal orthonormal query/key projections, the positional encoding of a point scores highest against the
+    image positions around it; with transformers' init it does not (what the from-scratch plateau has to learn)."""
+    model = pretrain.SamModel(pretrain.build_config(small_model_args()))
+    generator = torch.Generator().manual_seed(0)
+    pretrain.fix_positional_matrix(model, generator)
+    image_pe = model.get_image_wide_positional_embeddings()[0]  # (C, E, E)
+    size = image_pe.shape[-1]
+    cells = torch.tensor([[2.5, 3.5], [11.5, 6.5], [8.5, 13.5]])  # (x, y) at cell centres of the E x E grid
+    point_pe = model.prompt_encoder.shared_embedding(cells.view(1, 3, 2) / size)[0]  # (3, C)
+
+    def peak_cells(attention) -> torch.Tensor:
+        scores = attention.q_proj(point_pe) @ attention.k_proj(image_pe.flatten(1).T).T  # (3, E*E)
+        index = scores.argmax(dim=1)
+        return torch.stack([index % size, index // size], dim=1).float()
+
+    attention = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    assert (peak_cells(attention) - cells.floor()).abs().max() > 2  # transformers' init: unrelated peaks
+    pretrain.align_cross_attention(model, 2.0, generator)
+    for layer in model.mask_decoder.transformer.layers:
+        for attention in (layer.cross_attn_token_to_image, layer.cross_attn_image_to_token):
+            assert torch.equal(attention.q_proj.weight, attention.k_proj.weight)
+            assert not attention.q_proj.bias.any() and not attention.k_proj.bias.any()
+            gram = attention.q_proj.weight @ attention.q_proj.weight.T
+            assert torch.allclose(gram, 4.0 * torch.eye(len(gram)), atol=1e-5)  # orthonormal rows, times 2
+    final = model.mask_decoder.transformer.final_attn_token_to_image
+    assert torch.equal(final.q_proj.weight, final.k_proj.weight)
+    assert (peak_cells(attention) - cells.floor()).abs().max() <= 1
+
+
+def test_a_rerun_reproduces_the_same_weights(tmp_path):
+    """Same command, same seeds -> bit-identical checkpoints: the shipped model can be re-made (by steps, not time)."""
+    command = [
+        "--image_size", "32", "--vision_hidden_size", "32", "--vision_layers", "1", "--vision_heads", "2",
+        "--decoder_hidden_size", "32", "--batch_size", "2", "--prompts_per_image", "2", "--num_train", "4",
+        "--num_validation", "2", "--num_test", "0", "--max_steps", "3", "--warmup_steps", "1",
+    ]  # fmt: skip
+    weights = []
+    for run, seed in (("first", "0"), ("second", "0"), ("other_seed", "1")):
+        pretrain.main([*command, "--seed", seed, "--output_dir", str(tmp_path / run)])
+        weights.append((tmp_path / run / "best" / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+    assert weights[0] != weights[2]  # the comparison can tell runs apart

@@ -25,7 +25,7 @@ _TEMPORARY_PREFIX = ".tmp-"
 @dataclass
 class TrainingState:
     """Where training stands: optimizer steps done, the epoch and batch within it to continue from, the best
-    evaluation so far, and the training time already spent."""
+    evaluation so far, and the time already spent (in total, and of it in evaluations during training)."""
 
     completed_steps: int = 0
     epoch: int = 0
@@ -33,6 +33,7 @@ class TrainingState:
     best_metric: float | None = None
     best_step: int | None = None
     elapsed_seconds: float = 0.0
+    eval_seconds: float = 0.0
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:

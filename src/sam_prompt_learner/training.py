@@ -57,7 +57,8 @@ class TrainablePlan:
 
 def plan_trainable(trainable: Sequence[str], lora_targets: Sequence[str] = ("mask_decoder",)) -> TrainablePlan:
     """Validate `--trainable` (names among `TRAINABLE_CHOICES`) into a plan. With `lora`, LoRA adapts
-    `lora_targets` and the prompt learner and point-matching head train in full (peft `modules_to_save`)."""
+    `lora_targets` and the prompt learner and point-matching head, where the model has them, train in full (peft
+    `modules_to_save`)."""
     trainable = list(dict.fromkeys(trainable))
     unknown = sorted(set(trainable) - set(TRAINABLE_CHOICES))
     if unknown or not trainable:
@@ -111,15 +112,17 @@ def load_model_and_processor(
     it ships one, else `processor_for_config`)."""
     model = SamPromptLearnerModel.from_pretrained(model_name_or_path, **config_overrides)
     processor = load_processor(model_name_or_path, model.config)
-    missing = [part for part in plan.parts if getattr(model, part) is None]
-    if missing:
-        raise ValueError(f"--trainable {missing}: this model's config disables them.")
+    present = [part for part in plan.parts if getattr(model, part) is not None]
     if plan.uses_lora:
-        modules_to_save = [part for part in plan.parts if getattr(model, part) is not None]
+        # LoRA's plan trains the prompt learner and head in full where the config has them (without them: plain LoRA).
+        modules_to_save = present
         model = get_peft_model(
             model, sam_lora_config(plan.lora_targets, rank=lora_rank, modules_to_save=modules_to_save)
         )
     else:
+        missing = sorted(set(plan.parts) - set(present))
+        if missing:
+            raise ValueError(f"--trainable {missing}: this model's config disables them.")
         model.set_trainable(plan.parts)
     return model, processor
 
@@ -158,6 +161,8 @@ class RunSummary:
     adapted: dict[str, Any]
     skipped_data: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
+    # Of `train_wall_time_seconds`, the part spent in evaluations during training (absent from older files).
+    eval_wall_time_seconds: float = 0.0
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
