@@ -133,6 +133,9 @@ QUICK_PLAN = MeasurementPlan(
 )
 
 
+MEASUREMENTS = ("training", "latency", "cache")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--geometries", nargs="+", choices=GEOMETRIES, default=list(GEOMETRIES))
@@ -143,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_threads", type=int, default=None, help="torch.set_num_threads in every process (default: torch's)."
     )
     parser.add_argument("--quick", action="store_true", help="Tiny geometry only, few iterations.")
+    parser.add_argument(
+        "--measurements", nargs="+", choices=MEASUREMENTS, default=list(MEASUREMENTS), help="Default: all of them."
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -548,38 +554,61 @@ def machine_info(num_threads: int | None) -> dict[str, Any]:
 
 
 def measure_device(
-    device_name: str, geometries: list[str], num_prompts: list[int], plans: dict[str, MeasurementPlan], threads
+    device_name: str,
+    geometries: list[str],
+    num_prompts: list[int],
+    plans: dict[str, MeasurementPlan],
+    threads,
+    measurements: list[str],
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for geometry in geometries:
         plan = plans[geometry]
         common = {"geometry": geometry, "plan": plan, "device_name": device_name, "num_threads": threads}
-        training = {}
-        for prompts in num_prompts:
-            training[str(prompts)] = {
-                "notebook": run_isolated(measure_notebook_training, num_prompts=prompts, **common),
-                **run_isolated(measure_cached_training, num_prompts=prompts, **common),
+        results[geometry] = {"plan": asdict(plan)}
+        if "training" in measurements:
+            results[geometry]["training_by_num_prompts"] = {
+                str(prompts): {
+                    "notebook": run_isolated(measure_notebook_training, num_prompts=prompts, **common),
+                    **run_isolated(measure_cached_training, num_prompts=prompts, **common),
+                }
+                for prompts in num_prompts
             }
-        results[geometry] = {
-            "plan": asdict(plan),
-            "training_by_num_prompts": training,
-            "latency_from_embeddings": run_isolated(measure_latency, with_encoder=False, **common),
-            "latency_end_to_end": run_isolated(measure_latency, with_encoder=True, **common),
-            "cache_build": run_isolated(measure_cache_build, **common),
-        }
+        if "latency" in measurements:
+            results[geometry]["latency_from_embeddings"] = run_isolated(measure_latency, with_encoder=False, **common)
+            results[geometry]["latency_end_to_end"] = run_isolated(measure_latency, with_encoder=True, **common)
+        if "cache" in measurements:
+            results[geometry]["cache_build"] = run_isolated(measure_cache_build, **common)
         results[geometry]["summary"] = summarize(results[geometry])
     return results
 
 
 def summarize(measured: dict[str, Any]) -> dict[str, Any]:
-    """The ratios the project's goals are stated in (see `GOAL_*`)."""
+    """The ratios the project's goals are stated in (see `GOAL_*`), for the measurements that were made."""
+    summary: dict[str, Any] = {}
+    if "latency_from_embeddings" in measured:
+        from_embeddings = measured["latency_from_embeddings"]
+        end_to_end = measured["latency_end_to_end"]
+        plm_added_s = from_embeddings["with_plm"]["median_s"] - from_embeddings["without_plm"]["median_s"]
+        summary["plm_overhead_prompt_to_mask"] = plm_added_s / from_embeddings["without_plm"]["median_s"]
+        summary["plm_overhead_end_to_end"] = (
+            end_to_end["with_plm"]["median_s"] / end_to_end["without_plm"]["median_s"] - 1
+        )
+        summary["plm_added_seconds_over_end_to_end"] = plm_added_s / end_to_end["without_plm"]["median_s"]
+    if "cache_build" not in measured:
+        return summary
     cache = measured["cache_build"]
-    read_s = cache["read_embeddings_row_s"]
-    training = {}
-    for prompts, steps in measured["training_by_num_prompts"].items():
+    summary["cache_build_images_per_s"] = cache["images"] / cache["build_embedding_cache"]["median_s"]
+    summary["bare_encoder_images_per_s"] = cache["images"] / cache["bare_encoder"]["median_s"]
+    summary["cache_build_over_bare_encoder_images_per_s"] = (
+        cache["bare_encoder"]["median_s"] / cache["build_embedding_cache"]["median_s"]
+    )
+    read_s = cache["read_embeddings_row_s"]  # cached training includes reading the row back
+    summary["training_by_num_prompts"] = {}
+    for prompts, steps in measured.get("training_by_num_prompts", {}).items():
         notebook_s = steps["notebook"]["step"]["median_s"]
         cached_s = steps["cached_step"]["median_s"]
-        training[prompts] = {
+        summary["training_by_num_prompts"][prompts] = {
             "notebook_samples_per_s": 1 / notebook_s,
             "cached_samples_per_s": 1 / (cached_s + read_s),
             "cached_over_notebook_samples_per_s": notebook_s / (cached_s + read_s),
@@ -587,19 +616,7 @@ def summarize(measured: dict[str, Any]) -> dict[str, Any]:
             "notebook_peak_memory_mib": steps["notebook"]["memory"]["peak_mib"],
             "cached_peak_memory_mib": steps["memory"]["peak_mib"],
         }
-    from_embeddings = measured["latency_from_embeddings"]
-    end_to_end = measured["latency_end_to_end"]
-    plm_added_s = from_embeddings["with_plm"]["median_s"] - from_embeddings["without_plm"]["median_s"]
-    return {
-        "training_by_num_prompts": training,
-        "plm_overhead_prompt_to_mask": plm_added_s / from_embeddings["without_plm"]["median_s"],
-        "plm_overhead_end_to_end": end_to_end["with_plm"]["median_s"] / end_to_end["without_plm"]["median_s"] - 1,
-        "plm_added_seconds_over_end_to_end": plm_added_s / end_to_end["without_plm"]["median_s"],
-        "cache_build_images_per_s": cache["images"] / cache["build_embedding_cache"]["median_s"],
-        "bare_encoder_images_per_s": cache["images"] / cache["bare_encoder"]["median_s"],
-        "cache_build_over_bare_encoder_images_per_s": cache["bare_encoder"]["median_s"]
-        / cache["build_embedding_cache"]["median_s"],
-    }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -614,6 +631,7 @@ def main(argv: list[str] | None = None) -> None:
             "geometries": args.geometries,
             "num_prompts": args.num_prompts,
             "quick": args.quick,
+            "measurements": args.measurements,
             "precision": {"cpu": "float32", "cuda": "bfloat16 autocast"},
             "goals": {
                 "cached_over_notebook_samples_per_s_at_vit_b": GOAL_CACHE_SPEEDUP,
@@ -622,7 +640,9 @@ def main(argv: list[str] | None = None) -> None:
             },
         },
         "devices": {
-            device: measure_device(device, args.geometries, args.num_prompts, plans, args.num_threads)
+            device: measure_device(
+                device, args.geometries, args.num_prompts, plans, args.num_threads, args.measurements
+            )
             for device in devices
         },
     }

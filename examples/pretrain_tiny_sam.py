@@ -108,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup_steps", type=int, default=200)
     parser.add_argument("--max_steps", type=int, default=6500, help="Length of the cosine schedule.")
     parser.add_argument("--time_budget_minutes", type=float, default=None, help="Stop (and evaluate) after this.")
+    parser.add_argument(
+        "--stop_after_steps",
+        type=int,
+        default=None,
+        help="Stop (and evaluate) after this many steps, keeping the --max_steps schedule: re-makes exactly a run "
+        "that its time budget stopped at that step.",
+    )
     parser.add_argument("--eval_minutes", type=float, default=10.0, help="Validate and checkpoint this often.")
     parser.add_argument("--log_every", type=int, default=50)
     parser.add_argument("--num_threads", type=int, default=1)
@@ -537,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
             logger.info(f"step {step} {summary} lr {scheduler.get_last_lr()[0]:.2e} ({elapsed_minutes():.1f} min)")
             running = {}
         out_of_time = args.time_budget_minutes is not None and elapsed_minutes() >= args.time_budget_minutes
+        out_of_time = out_of_time or step == args.stop_after_steps
         if step == args.max_steps or out_of_time or elapsed_minutes() - last_eval >= args.eval_minutes:
             last_eval = elapsed_minutes()
             metrics = {
@@ -555,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(model, processor, args.output_dir, step, {**metrics, "history": history})
                 logger.info(f"saved best checkpoint at step {step} (test {json.dumps(metrics)})")
         if out_of_time:
-            logger.info(f"time budget of {args.time_budget_minutes} min reached at step {step}")
+            logger.info(f"stopped at step {step} (time budget {args.time_budget_minutes} min, stop after steps "
+                        f"{args.stop_after_steps})")  # fmt: skip
             break
     logger.info(f"done in {elapsed_minutes():.1f} min; best selection score {best_score:.4f}")
 

@@ -277,3 +277,44 @@ def test_bad_inputs_raise_clear_errors(model, change, message):
     inputs.update(change)
     with pytest.raises(ValueError, match=message):
         model(**inputs)
+
+
+def test_absorbed_cross_attention_equals_projected_attention_with_gradients():
+    """The PLM's cheap path for few prompt tokens is the same function as SamAttention, values and gradients."""
+    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
+    from transformers.models.sam.modeling_sam import SamAttention
+
+    from sam_prompt_learner.modeling_prompt_learner import absorbed_cross_attention
+
+    torch.manual_seed(0)
+    config = SamMaskDecoderConfig(hidden_size=32, num_attention_heads=4, attention_downsample_rate=2)
+    config._attn_implementation = "eager"
+    attention = SamAttention(config)
+    for parameter in attention.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)  # biases too: the key bias must drop out, the value bias stay
+    query = torch.randn(2, 1, 3, 32)
+    key, value = torch.randn(2, 2, 1, 64, 32).unbind(0)
+
+    def values_and_gradients(function):
+        attention.zero_grad()
+        output = function()
+        (output * torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)).sum().backward()
+        return output.detach(), {name: p.grad.clone() for name, p in attention.named_parameters()}
+
+    projected, projected_grads = values_and_gradients(lambda: attention(query=query, key=key, value=value)[0])
+    absorbed, absorbed_grads = values_and_gradients(lambda: absorbed_cross_attention(attention, query, key, value))
+    # Outputs and gradients are of order 1-10; float32 summation order differs between the two paths.
+    torch.testing.assert_close(absorbed, projected, rtol=1e-5, atol=1e-5)
+    for name, gradient in projected_grads.items():  # the key bias: ~1e-6 on both paths (exactly 0 in exact arithmetic)
+        torch.testing.assert_close(absorbed_grads[name], gradient, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_absorbed_cross_attention_is_chosen_for_few_prompt_tokens_at_sam_size():
+    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
+    from transformers.models.sam.modeling_sam import SamAttention
+
+    from sam_prompt_learner.modeling_prompt_learner import absorbed_attention_is_cheaper
+
+    attention = SamAttention(SamMaskDecoderConfig(hidden_size=256, num_attention_heads=8, attention_downsample_rate=2))
+    assert absorbed_attention_is_cheaper(attention, num_queries=2, num_keys=64 * 64)  # one box at inference
+    assert not absorbed_attention_is_cheaper(attention, num_queries=8 * 4, num_keys=64 * 64)  # a training batch

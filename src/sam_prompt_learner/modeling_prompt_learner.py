@@ -85,6 +85,42 @@ class ZeroInitLinear(nn.Linear):
     """A linear layer that `_init_weights` sets to zero, so the module it closes starts as the identity."""
 
 
+def absorbed_attention_is_cheaper(attention: SamAttention, num_queries: int, num_keys: int) -> bool:
+    """Whether `absorbed_cross_attention` needs fewer multiply-adds than projecting every key and value."""
+    channels, internal = attention.hidden_size, attention.internal_dim
+    projected = num_keys * (2 * channels * internal + 2 * num_queries * internal)  # K, V projections + attention
+    absorbed = 2 * attention.num_attention_heads * num_queries * num_keys * channels
+    return absorbed < projected
+
+
+def absorbed_cross_attention(
+    attention: SamAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
+    """`attention(query, key, value)` computed without projecting the keys and values: the key projection is moved onto
+    the queries and the value projection after the attention-weighted sum, which is exact algebra. For a few prompt
+    tokens against a 64 x 64 image this replaces two (4096 x 256) x (256 x 128) projections by per-token products,
+    which is most of the PLM's inference cost at SAM's size.
+
+    Shapes: query `(B, 1, N, C)`, key and value `(B, 1, HW, C)`; returns `(B, 1, N, C)`.
+    """
+    heads = attention.num_attention_heads
+    head_dim = attention.internal_dim // heads
+    batch_size, _, num_queries, _ = query.shape
+    queries = attention.q_proj(query[:, 0]).view(batch_size, num_queries, heads, head_dim).transpose(1, 2)  # (B,H,N,d)
+    key_weight = attention.k_proj.weight.view(heads, head_dim, -1)  # (H, d, C)
+    value_weight = attention.v_proj.weight.view(heads, head_dim, -1)  # (H, d, C)
+    # q . (W_k x + b_k) = (W_k^T q) . x + q . b_k. The bias term shifts all scores of a query equally (softmax ignores
+    # it; its gradient is zero) but stays in the graph, so the parameter is used as in SamAttention (DDP requires it).
+    queries_in_key_space = torch.einsum("bhnd,hdc->bhnc", queries, key_weight)  # (B, H, N, C)
+    key_bias_scores = queries @ attention.k_proj.bias.view(heads, head_dim, 1)  # (B, H, N, 1)
+    scores = (queries_in_key_space @ key[:, 0].transpose(1, 2).unsqueeze(1) + key_bias_scores) * attention.scaling
+    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(value.dtype)
+    pooled = weights @ value[:, 0].unsqueeze(1)  # (B, H, N, C); weights sum to 1, so the value bias is added after
+    output = torch.einsum("bhnc,hdc->bhnd", pooled, value_weight) + attention.v_proj.bias.view(heads, 1, head_dim)
+    output = output.transpose(1, 2).reshape(batch_size, 1, num_queries, heads * head_dim)
+    return attention.out_proj(output)
+
+
 class PromptLearningLayer(nn.Module):
     """One PLM block: prompt self-attention, prompt-to-image cross-attention, MLP; each residual + LayerNorm (post-norm,
     as in SAM's two-way transformer). The prompt tokens are their own positional encoding; the image keys carry SAM's
@@ -117,9 +153,12 @@ class PromptLearningLayer(nn.Module):
         # Cross-attention treats every query independently, so all P*T tokens of an image share one pass over its
         # image keys instead of repeating the (HW, C) keys P times as the mask decoder does.
         query = (prompts + prompt_positional_embeddings).reshape(batch_size, 1, point_batch_size * num_tokens, hidden)
-        attn_out, _ = self.cross_attn_prompt_to_image(
-            query=query, key=image_embeddings + image_positional_embeddings, value=image_embeddings
-        )
+        key = image_embeddings + image_positional_embeddings
+        attention = self.cross_attn_prompt_to_image
+        if absorbed_attention_is_cheaper(attention, num_queries=query.shape[2], num_keys=key.shape[2]):
+            attn_out = absorbed_cross_attention(attention, query, key, image_embeddings)
+        else:
+            attn_out, _ = attention(query=query, key=key, value=image_embeddings)
         prompts = self.layer_norm2(prompts + attn_out.reshape(prompts.shape))
         return self.layer_norm3(prompts + self.mlp(prompts))
 
