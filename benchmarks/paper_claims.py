@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--num_train", type=int, default=200, help="Training images per scenario.")
     parser.add_argument("--num_eval", type=int, default=60, help="Validation images scored.")
-    parser.add_argument("--learning_rates", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
+    parser.add_argument("--learning_rates", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
     parser.add_argument("--robustness_draws", type=int, default=5)
     parser.add_argument(
         "--runs_dir",
@@ -155,8 +155,8 @@ def train(args, scenario: str, method: str, seed: int, learning_rate: float) -> 
     return json.loads(metrics_file.read_text())
 
 
-def robustness(args, model: str, scenario: str, placement: str, result_file: Path) -> dict:
-    """IoU spread over `--robustness_draws` single-click draws per object (the `evaluate` CLI), reused if present."""
+def evaluate(args, model: str, scenario: str, result_file: Path, *options: str) -> dict:
+    """The `evaluate` CLI's scores of `model` on the validation split (reused if present)."""
     if (args.fresh and result_file not in args.done) or not result_file.exists():
         result_file.parent.mkdir(parents=True, exist_ok=True)
         run([
@@ -165,14 +165,25 @@ def robustness(args, model: str, scenario: str, placement: str, result_file: Pat
             "--dataset", scenario,
             "--split", "validation",
             "--max_samples", str(args.num_eval),
-            "--prompt_mode", "points",
-            "--point_placement", placement,
-            "--robustness_draws", str(args.robustness_draws),
-            "--selections", "predicted_iou",
             "--output", str(result_file),
+            *options,
         ])  # fmt: skip
         args.done.add(result_file)
-    return json.loads(result_file.read_text())["scores"]["robustness"]
+    return json.loads(result_file.read_text())["scores"]
+
+
+def robustness(args, model: str, scenario: str, placement: str, result_file: Path) -> dict:
+    """IoU spread over `--robustness_draws` single-click draws per object, the clicks placed by `placement`."""
+    options = ["--prompt_mode", "points", "--point_placement", placement, "--selections", "predicted_iou"]
+    draws = ["--robustness_draws", str(args.robustness_draws)]
+    return evaluate(args, model, scenario, result_file, *options, *draws)["robustness"]
+
+
+def box_prompt_reference(args, scenario: str) -> dict:
+    """The base SAM's answer to each object's tight box (single-mask output): roughly the best a method that only
+    changes prompts can reach, since the PLM's ideal is to turn a click into such a prompt."""
+    result_file = args.runs_dir / scenario / "zero_shot" / "box.json"
+    return evaluate(args, args.model, scenario, result_file, "--prompt_mode", "box", "--selections", "single")["single"]
 
 
 def steps_to_target(history: list[dict], target: float) -> int | None:
@@ -213,6 +224,7 @@ def run_scenario(args, scenario: str, learning_rates: dict[str, float]) -> None:
     """Every training run of a scenario, then every robustness evaluation, `--jobs` at a time."""
     runs = [(method, seed) for method in args.methods for seed in args.seeds]
     in_parallel(args, [(train, args, scenario, method, seed, learning_rates[method]) for method, seed in runs])
+    box_prompt_reference(args, scenario)
     models = [(args.model, args.runs_dir / scenario / "zero_shot")]
     models += [(str(d), d) for d in (run_dir(args, scenario, m, s, learning_rates[m]) for m, s in runs)]
     in_parallel(
@@ -236,6 +248,7 @@ def summarize_scenario(args, scenario: str, learning_rates: dict[str, float]) ->
             "boundary_iou": zero_shot["predicted_iou"]["mean_boundary_iou"],
             "oracle_miou": zero_shot["oracle"]["mean_iou"],
             "oracle_boundary_iou": zero_shot["oracle"]["mean_boundary_iou"],
+            "box_prompt_miou": box_prompt_reference(args, scenario)["mean_iou"],
             "trainable_parameters": 0,
             "robustness": {
                 placement: robustness(
@@ -387,7 +400,8 @@ def markdown_tables(results: dict[str, dict]) -> str:
         zero_shot = methods["zero_shot"]
         spread = {placement: zero_shot["robustness"][placement]["iou_std"] for placement in PLACEMENTS}
         lines.append(
-            f"| zero-shot (oracle best of 3) | | 0 | {zero_shot['miou']:.3f} ({zero_shot['oracle_miou']:.3f}) "
+            f"| zero-shot (oracle best of 3; tight box) | | 0 | {zero_shot['miou']:.3f} "
+            f"({zero_shot['oracle_miou']:.3f}; {zero_shot['box_prompt_miou']:.3f}) "
             f"| {zero_shot['boundary_iou']:.3f} | | | | {spread['uniform']:.3f} | {spread['edge']:.3f} |"
         )
         for method, summary in methods.items():

@@ -37,6 +37,13 @@ Recipe and why (see `/work/shared/notes/transformers-sam.md` section 8 for the n
   the encoder's linear layers at ~0, so it is set to 0.02; the random-Fourier positional matrix is drawn from N(0, 1)
   and frozen, as Meta's SAM does (the default is a trainable matrix of std `hidden_size // 2` = 64: coordinates in
   [-1, 1] then map to frequencies so high that neighbouring pixels get unrelated encodings).
+- Decoder cross-attention init (`--aligned_attention_scale 2`, see `align_cross_attention`): every from-scratch run
+  starts on a plateau where all masks are empty, because a prompt token cannot yet find its own location among the
+  image tokens. Giving each cross-attention equal, orthonormal query and key projections makes the positional
+  encodings of a click and of the image cells under it score highest from step 0. Trial (2,000 train images, one
+  thread each, two runs side by side, same seed): the training loss left the plateau (1.12) near step 250 instead of
+  ~450, and at 11 minutes (step ~610) validation mIoU was 0.232 / 0.321 / 0.364 (click own / best of 3 / box)
+  against 0.203 / 0.262 / 0.222 with transformers' init.
 - AdamW (lr 3e-3, weight decay 0.05 on matrices only), linear warmup then cosine decay, gradient clipping at 1.0.
 - Model: 128 px input, patch 8 (16 x 16 embeddings of 64 channels, 64 x 64 mask logits), vision 128 hidden x 4
   global-attention layers, decoder 64 hidden: 1.1 M parameters, a 4.4 MB safetensors file.
