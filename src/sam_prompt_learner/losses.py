@@ -74,17 +74,24 @@ def sample_contour_points(masks: torch.Tensor, num_points: int) -> tuple[torch.T
     masks = masks.bool()
     num_masks, height, width = masks.shape
     contour = _contour(masks).flatten(1)  # (N, H*W)
-    centres = _pixel_centres(height, width, masks.device, torch.float32)  # (H*W, 2)
-    # Squared distance of every contour pixel to the chosen set; -1 marks pixels that may never be chosen.
-    distance = torch.where(contour, torch.full_like(contour, float("inf"), dtype=torch.float32), -1.0)
+    lengths = contour.sum(dim=1)  # (N,)
+    # Work on the contour pixels only (a few hundred, not H*W): each row's contour pixels first, in raster order (a
+    # stable sort keeps it), padded to the longest contour.
+    longest = max(int(lengths.max()) if num_masks else 0, 1)
+    order = torch.sort(contour.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :longest]
+    is_contour = torch.arange(longest, device=masks.device).unsqueeze(0) < lengths.unsqueeze(1)  # (N, L)
+    candidates = _pixel_centres(height, width, masks.device, torch.float32)[order]  # (N, L, 2)
+    rows = torch.arange(num_masks, device=masks.device)
+    # Squared distance of every contour pixel to the chosen set; -1 marks padding, which may never be chosen.
+    distance = torch.where(is_contour, float("inf"), -1.0)
     chosen = []
     for _ in range(num_points):
-        index = distance.argmax(dim=1)  # the first +inf in raster order on the first pass
-        point = centres[index]  # (N, 2)
+        index = distance.argmax(dim=1)  # the first +inf, i.e. the first contour pixel in raster order, on pass one
+        point = candidates[rows, index]  # (N, 2)
         chosen.append(point)
-        new_distance = (centres.unsqueeze(0) - point.unsqueeze(1)).square().sum(-1)  # (N, H*W)
-        distance = torch.where(contour, torch.minimum(distance, new_distance), distance)
-    return torch.stack(chosen, dim=1), contour.any(dim=1)
+        new_distance = (candidates - point.unsqueeze(1)).square().sum(-1)  # (N, L)
+        distance = torch.where(is_contour, torch.minimum(distance, new_distance), distance)
+    return torch.stack(chosen, dim=1), lengths > 0
 
 
 def hungarian_point_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
