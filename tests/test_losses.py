@@ -93,3 +93,23 @@ def test_point_logits_read_pixel_centres_exactly_and_boundary_loss_prefers_corre
     points, targets, valid = sample_boundary_band_points(mask, 32)
     good = torch.where(mask, 5.0, -5.0)
     assert boundary_point_loss(good, points, targets, valid) < boundary_point_loss(-good, points, targets, valid)
+
+
+def test_contour_sampling_is_farthest_point_sampling_from_the_first_contour_pixel():
+    """Against a plain per-mask reference: greedy farthest-point sampling over the 4-neighbour contour pixels."""
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(6, 1, 24, 20, generator=generator)
+    masks = torch.nn.functional.avg_pool2d(noise, 5, 1, 2).squeeze(1) > 0.5  # blobs, several components
+    masks[0] = True  # the contour is the grid edge
+    points, has_contour = sample_contour_points(masks, num_points=7)
+    for mask, sampled in zip(masks, points, strict=True):
+        padded = torch.nn.functional.pad(mask, (1, 1, 1, 1))
+        interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        ys, xs = torch.nonzero(mask & ~interior, as_tuple=True)  # raster order
+        contour = torch.stack([(xs + 0.5) / 20, (ys + 0.5) / 24], dim=1)
+        expected = [contour[0]]
+        for _ in range(6):
+            distance = (contour.unsqueeze(1) - torch.stack(expected)).square().sum(-1).min(dim=1).values
+            expected.append(contour[distance.argmax()])
+        torch.testing.assert_close(sampled, torch.stack(expected))
+    assert has_contour.all()
