@@ -325,14 +325,14 @@ def answer_claims(results: dict[str, dict]) -> dict[str, dict]:
             continue
         best_name = max(learners, key=lambda name: learners[name]["miou"]["mean"])
         best = learners[best_name]
-        # "matches": within one standard deviation of decoder fine-tuning over seeds.
-        tolerance = decoder["miou"]["std"]
+        # "matches": short of decoder fine-tuning by less than the larger of the two standard deviations over seeds.
+        tolerance = max(decoder["miou"]["std"], best["miou"]["std"])
         claims["1_accuracy"][scenario] = {
             "holds": best["miou"]["mean"] > zero_shot["miou"]
             and best["miou"]["mean"] >= decoder["miou"]["mean"] - tolerance,
             "zero_shot_miou": zero_shot["miou"],
             "decoder_ft_miou": decoder["miou"]["mean"],
-            "decoder_ft_miou_std": tolerance,
+            "tolerance": tolerance,
             "best_plm_method": best_name,
             "best_plm_miou": best["miou"]["mean"],
         }
