@@ -310,9 +310,19 @@ def summarize_scenario(args, scenario: str, learning_rates: dict[str, float]) ->
                 placement: mean_std([row["robustness"][placement]["iou_std"] for row in per_seed])
                 for placement in PLACEMENTS
             },
+            "robustness_relative_spread": {
+                placement: mean_std([relative_spread(row["robustness"][placement]) for row in per_seed])
+                for placement in PLACEMENTS
+            },
             "per_seed": per_seed,
         }
     return methods
+
+
+def relative_spread(robustness: dict) -> float:
+    """Mean per-object IoU std over the draws divided by the mean IoU. The plain std is not comparable between models
+    of different accuracy: a model whose IoU is near 0 everywhere varies little because it is uniformly wrong."""
+    return robustness["iou_std"] / max(robustness["iou_mean"], 1e-9)
 
 
 def answer_claims(results: dict[str, dict]) -> dict[str, dict]:
@@ -363,16 +373,24 @@ def answer_claims(results: dict[str, dict]) -> dict[str, dict]:
                 "plm_boundary_iou": methods["plm"]["boundary_iou"],
                 "plm_head_boundary_iou": methods["plm_head"]["boundary_iou"],
             }
+        # Answered on the relative spread (std / mean IoU); the plain std is reported next to it.
         claims["4_robustness"][scenario] = {
             "holds": all(
+                best["robustness_relative_spread"][placement]["mean"]
+                < relative_spread(zero_shot["robustness"][placement])
+                for placement in PLACEMENTS
+            ),
+            "holds_on_plain_std": all(
                 best["robustness_iou_std"][placement]["mean"] < zero_shot["robustness"][placement]["iou_std"]
                 for placement in PLACEMENTS
             ),
             "method": best_name,
             **{
-                f"{placement}_iou_std": {
-                    "zero_shot": zero_shot["robustness"][placement]["iou_std"],
-                    best_name: best["robustness_iou_std"][placement]["mean"],
+                f"{placement}_clicks": {
+                    "zero_shot_iou_std": zero_shot["robustness"][placement]["iou_std"],
+                    "zero_shot_relative_spread": relative_spread(zero_shot["robustness"][placement]),
+                    f"{best_name}_iou_std": best["robustness_iou_std"][placement]["mean"],
+                    f"{best_name}_relative_spread": best["robustness_relative_spread"][placement]["mean"],
                 }
                 for placement in PLACEMENTS
             },
@@ -394,15 +412,19 @@ def markdown_tables(results: dict[str, dict]) -> str:
             f"**{scenario}**",
             "",
             "| method | lr | trainable params | mIoU | boundary IoU | train s | steps to target | s to target "
-            "| IoU std, uniform clicks | IoU std, edge clicks |",
+            "| IoU std (/ mIoU), uniform clicks | IoU std (/ mIoU), edge clicks |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         zero_shot = methods["zero_shot"]
-        spread = {placement: zero_shot["robustness"][placement]["iou_std"] for placement in PLACEMENTS}
+        spread = {
+            placement: f"{zero_shot['robustness'][placement]['iou_std']:.3f} "
+            f"({relative_spread(zero_shot['robustness'][placement]):.2f})"
+            for placement in PLACEMENTS
+        }
         lines.append(
             f"| zero-shot (oracle best of 3; tight box) | | 0 | {zero_shot['miou']:.3f} "
             f"({zero_shot['oracle_miou']:.3f}; {zero_shot['box_prompt_miou']:.3f}) "
-            f"| {zero_shot['boundary_iou']:.3f} | | | | {spread['uniform']:.3f} | {spread['edge']:.3f} |"
+            f"| {zero_shot['boundary_iou']:.3f} | | | | {spread['uniform']} | {spread['edge']} |"
         )
         for method, summary in methods.items():
             if method == "zero_shot":
@@ -412,7 +434,12 @@ def markdown_tables(results: dict[str, dict]) -> str:
                 f"| {method} | {summary['learning_rate']:g} | {summary['trainable_parameters']:,} "
                 f"| {cell(summary['miou'])} | {cell(summary['boundary_iou'])} | {cell(summary['train_seconds'], 1)} "
                 f"| {cell(summary['steps_to_target'], 0)}{reached} | {cell(summary['seconds_to_target'], 1)} "
-                f"| {cell(summary['robustness_iou_std']['uniform'])} | {cell(summary['robustness_iou_std']['edge'])} |"
+                + "".join(
+                    f"| {summary['robustness_iou_std'][placement]['mean']:.3f} "
+                    f"({summary['robustness_relative_spread'][placement]['mean']:.2f}) "
+                    for placement in PLACEMENTS
+                )
+                + "|"
             )
         lines.append("")
     return "\n".join(lines)
