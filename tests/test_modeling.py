@@ -293,7 +293,7 @@ def test_absorbed_cross_attention_equals_projected_attention_with_gradients():
     for parameter in attention.parameters():
         torch.nn.init.normal_(parameter, std=0.3)  # biases too: the key bias must drop out, the value bias stay
     query = torch.randn(2, 1, 3, 32)
-    key, value = torch.randn(2, 2, 1, 64, 32).unbind(0)
+    image, positional = torch.randn(2, 2, 1, 64, 32).unbind(0)
 
     def values_and_gradients(function):
         attention.zero_grad()
@@ -301,8 +301,12 @@ def test_absorbed_cross_attention_equals_projected_attention_with_gradients():
         (output * torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)).sum().backward()
         return output.detach(), {name: p.grad.clone() for name, p in attention.named_parameters()}
 
-    projected, projected_grads = values_and_gradients(lambda: attention(query=query, key=key, value=value)[0])
-    absorbed, absorbed_grads = values_and_gradients(lambda: absorbed_cross_attention(attention, query, key, value))
+    projected, projected_grads = values_and_gradients(
+        lambda: attention(query=query, key=image + positional, value=image)[0]
+    )
+    absorbed, absorbed_grads = values_and_gradients(
+        lambda: absorbed_cross_attention(attention, query, image, positional)
+    )
     # Outputs and gradients are of order 1-10; float32 summation order differs between the two paths.
     torch.testing.assert_close(absorbed, projected, rtol=1e-5, atol=1e-5)
     for name, gradient in projected_grads.items():  # the key bias: ~1e-6 on both paths (exactly 0 in exact arithmetic)

@@ -94,14 +94,15 @@ def absorbed_attention_is_cheaper(attention: SamAttention, num_queries: int, num
 
 
 def absorbed_cross_attention(
-    attention: SamAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    attention: SamAttention, query: torch.Tensor, image_embeddings: torch.Tensor, positional_embeddings: torch.Tensor
 ) -> torch.Tensor:
-    """`attention(query, key, value)` computed without projecting the keys and values: the key projection is moved onto
-    the queries and the value projection after the attention-weighted sum, which is exact algebra. For a few prompt
-    tokens against a 64 x 64 image this replaces two (4096 x 256) x (256 x 128) projections by per-token products,
-    which is most of the PLM's inference cost at SAM's size.
+    """`attention(query, key=image_embeddings + positional_embeddings, value=image_embeddings)` computed without
+    projecting the keys and values: the key projection is moved onto the queries and the value projection after the
+    attention-weighted sum, which is exact algebra. For a few prompt tokens against a 64 x 64 image this replaces two
+    (4096 x 256) x (256 x 128) projections by a few products with the image, which was most of the PLM's inference
+    cost at SAM's size.
 
-    Shapes: query `(B, 1, N, C)`, key and value `(B, 1, HW, C)`; returns `(B, 1, N, C)`.
+    Shapes: query `(B, 1, N, C)`, image_embeddings and positional_embeddings `(B, 1, HW, C)`; returns `(B, 1, N, C)`.
     """
     heads = attention.num_attention_heads
     head_dim = attention.internal_dim // heads
@@ -109,13 +110,18 @@ def absorbed_cross_attention(
     queries = attention.q_proj(query[:, 0]).view(batch_size, num_queries, heads, head_dim).transpose(1, 2)  # (B,H,N,d)
     key_weight = attention.k_proj.weight.view(heads, head_dim, -1)  # (H, d, C)
     value_weight = attention.v_proj.weight.view(heads, head_dim, -1)  # (H, d, C)
-    # q . (W_k x + b_k) = (W_k^T q) . x + q . b_k. The bias term shifts all scores of a query equally (softmax ignores
-    # it; its gradient is zero) but stays in the graph, so the parameter is used as in SamAttention (DDP requires it).
-    queries_in_key_space = torch.einsum("bhnd,hdc->bhnc", queries, key_weight)  # (B, H, N, C)
+    # q . (W_k (x + pe) + b_k) = (W_k^T q) . x + (W_k^T q) . pe + q . b_k. The bias term shifts all scores of a query
+    # equally (softmax ignores it; its gradient is zero) but stays in the graph, so the parameter is used as in
+    # SamAttention (DDP requires it). Heads and queries share each product with the image (read once, not per head),
+    # and x + pe is never formed (a full pass over the image for one addition).
+    queries_in_key_space = torch.einsum("bhnd,hdc->bhnc", queries, key_weight).flatten(1, 2)  # (B, H*N, C)
+    scores = queries_in_key_space @ image_embeddings[:, 0].transpose(1, 2)  # (B, H*N, HW)
+    scores = scores + queries_in_key_space @ positional_embeddings[:, 0].transpose(1, 2)
     key_bias_scores = queries @ attention.k_proj.bias.view(heads, head_dim, 1)  # (B, H, N, 1)
-    scores = (queries_in_key_space @ key[:, 0].transpose(1, 2).unsqueeze(1) + key_bias_scores) * attention.scaling
-    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(value.dtype)
-    pooled = weights @ value[:, 0].unsqueeze(1)  # (B, H, N, C); weights sum to 1, so the value bias is added after
+    scores = (scores.view(batch_size, heads, num_queries, -1) + key_bias_scores) * attention.scaling
+    weights = scores.softmax(dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(query.dtype)
+    # Weights sum to 1 over the keys, so the value bias is added after pooling.
+    pooled = (weights.flatten(1, 2) @ image_embeddings[:, 0]).view(batch_size, heads, num_queries, -1)  # (B,H,N,C)
     output = torch.einsum("bhnc,hdc->bhnd", pooled, value_weight) + attention.v_proj.bias.view(heads, 1, head_dim)
     output = output.transpose(1, 2).reshape(batch_size, 1, num_queries, heads * head_dim)
     return attention.out_proj(output)
@@ -153,11 +159,11 @@ class PromptLearningLayer(nn.Module):
         # Cross-attention treats every query independently, so all P*T tokens of an image share one pass over its
         # image keys instead of repeating the (HW, C) keys P times as the mask decoder does.
         query = (prompts + prompt_positional_embeddings).reshape(batch_size, 1, point_batch_size * num_tokens, hidden)
-        key = image_embeddings + image_positional_embeddings
         attention = self.cross_attn_prompt_to_image
-        if absorbed_attention_is_cheaper(attention, num_queries=query.shape[2], num_keys=key.shape[2]):
-            attn_out = absorbed_cross_attention(attention, query, key, image_embeddings)
+        if absorbed_attention_is_cheaper(attention, num_queries=query.shape[2], num_keys=image_embeddings.shape[2]):
+            attn_out = absorbed_cross_attention(attention, query, image_embeddings, image_positional_embeddings)
         else:
+            key = image_embeddings + image_positional_embeddings
             attn_out, _ = attention(query=query, key=key, value=image_embeddings)
         prompts = self.layer_norm2(prompts + attn_out.reshape(prompts.shape))
         return self.layer_norm3(prompts + self.mlp(prompts))
