@@ -14,7 +14,9 @@ It ran all 3,200 steps in 57 minutes (2026-11-25); the shipped checkpoint is its
 validation mIoU click (own choice) 0.241, click (best of 3) 0.347, box 0.467 (test: 0.241 / 0.348 / 0.471), far from
 the aims of 0.75 and 0.85. Every run starts on a plateau where all masks are empty, and leaving it is erratic: this
 run was still on it at step 991 (validation mIoU 0.0) and had left it by step 1,618; an earlier run with the default
-6,500-step schedule left it near step 600 (and was stopped at 22 minutes, at 0.224 / 0.312 / 0.289). Every
+6,500-step schedule left it near step 600 (and was stopped at 22 minutes, at 0.224 / 0.312 / 0.289). Training is
+deterministic for a seed and step count on one machine: the command above, re-run with the final code and
+`--stop_after_steps 100`, logged the original run's losses at steps 50 and 100 exactly. Every
 `--eval_minutes` the script scores the validation split and, when the score improved, writes
 `output_dir/checkpoints/step-N` (model, processor, `metrics.json`) and atomically re-points the `output_dir/best`
 symlink and `output_dir/metrics.json` to it, so whatever exists when the run is stopped can be shipped.
@@ -47,7 +49,7 @@ Recipe and why (see `/work/shared/notes/transformers-sam.md` section 8 for the n
   against 0.203 / 0.262 / 0.222 with transformers' init. A full run with it (the shipped command with
   `--aligned_attention_scale 2 --max_steps 4400 --time_budget_minutes 90`, 83.5 minutes, all steps) reached 0.256 /
   0.392 / 0.590, a better generic segmenter, but one the prompt learner could not adapt (mIoU on `face_parts` 0.153
-  zero-shot -> 0.172 with PLM + head, against 0.54 on the shipped checkpoint; see the tiny-sam card and
+  zero-shot -> 0.172 with PLM + head, against 0.515 on the shipped checkpoint; see the tiny-sam card and
   BENCHMARKS.md), so it is not shipped and the option stays off by default.
 - AdamW (lr 3e-3, weight decay 0.05 on matrices only), linear warmup then cosine decay, gradient clipping at 1.0.
 - Model: 128 px input, patch 8 (16 x 16 embeddings of 64 channels, 64 x 64 mask logits), vision 128 hidden x 4
