@@ -332,6 +332,21 @@ def _start_worker(device_name: str, num_threads: int | None) -> torch.device:
     return torch.device(device_name)
 
 
+def notebook_step(model: SamModel, optimizer, device, labels: torch.Tensor, **inputs) -> Callable[[], None]:
+    """One training step of the notebook recipe (single-mask output, BCE + dice) on `inputs`: `pixel_values` for the
+    recipe itself, `image_embeddings` for its decoder-only floor."""
+
+    def step():
+        with precision(device):
+            outputs = model(**inputs, multimask_output=False)
+            loss = notebook_loss(outputs.pred_masks, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
 def measure_notebook_training(
     geometry: str, num_prompts: int, plan: MeasurementPlan, device_name: str, num_threads: int | None
 ) -> dict[str, Any]:
@@ -348,14 +363,7 @@ def measure_notebook_training(
     pixel_values = torch.randn(1, 3, image_size, image_size, device=device)
     input_boxes, labels = (t.to(device) for t in box_prompts(config, num_prompts, torch.Generator().manual_seed(0)))
 
-    def step():
-        with precision(device):
-            outputs = model(pixel_values=pixel_values, input_boxes=input_boxes, multimask_output=False)
-            loss = notebook_loss(outputs.pred_masks, labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = notebook_step(model, optimizer, device, labels, pixel_values=pixel_values, input_boxes=input_boxes)
     memory = measured_memory(device, step, plan.encoder_warmup)
     timing = time_interleaved({"notebook": step}, 0, plan.encoder_iterations, device)["notebook"]
     return {
@@ -395,14 +403,9 @@ def measure_cached_training(
     floor_model.mask_decoder.requires_grad_(True)
     floor_optimizer = torch.optim.AdamW(trainable_parameters(floor_model), lr=1e-5)
 
-    def floor_step():
-        with precision(device):
-            outputs = floor_model(image_embeddings=image_embeddings, input_boxes=input_boxes, multimask_output=False)
-            loss = notebook_loss(outputs.pred_masks, labels)
-        loss.backward()
-        floor_optimizer.step()
-        floor_optimizer.zero_grad(set_to_none=True)
-
+    floor_step = notebook_step(
+        floor_model, floor_optimizer, device, labels, image_embeddings=image_embeddings, input_boxes=input_boxes
+    )
     timing = time_interleaved(
         {"cached": cached_step, "floor": floor_step}, plan.step_warmup, plan.step_iterations, device
     )

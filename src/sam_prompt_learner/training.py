@@ -115,10 +115,7 @@ def load_model_and_processor(
     present = [part for part in plan.parts if getattr(model, part) is not None]
     if plan.uses_lora:
         # LoRA's plan trains the prompt learner and head in full where the config has them (without them: plain LoRA).
-        modules_to_save = present
-        model = get_peft_model(
-            model, sam_lora_config(plan.lora_targets, rank=lora_rank, modules_to_save=modules_to_save)
-        )
+        model = get_peft_model(model, sam_lora_config(plan.lora_targets, rank=lora_rank, modules_to_save=present))
     else:
         missing = sorted(set(plan.parts) - set(present))
         if missing:
