@@ -4,8 +4,8 @@ Measured in one run, at two geometries (random weights: the cost of a step does 
 
 - `vit_b`: facebook/sam-vit-base (1024 px input, patch 16, vision 768 hidden x 12 layers x 12 heads, global attention
   at layers 2, 5, 8, 11, windowed elsewhere; 256-channel 64 x 64 embeddings; decoder 256 hidden);
-- `tiny`: the package's tiny SAM, `examples/pretrain_tiny_sam.py` with its default arguments (128 px, patch 8,
-  vision 128 hidden x 4 layers; 64-channel 16 x 16 embeddings; decoder 64 hidden).
+- `tiny`: the package's tiny SAM, `sam_prompt_learner.pretraining.PretrainingConfig`'s default geometry (128 px,
+  patch 8, vision 128 hidden x 4 layers; 64-channel 16 x 16 embeddings; decoder 64 hidden).
 
 Random weights are drawn at the scale of trained ones (vision `initializer_range=0.02`, see `sam_config`).
 
@@ -43,7 +43,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import datetime
-import importlib.util
 import json
 import logging
 import multiprocessing
@@ -68,6 +67,7 @@ from transformers import SamConfig, SamModel
 from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel, processor_for_config
 from sam_prompt_learner.data import build_embedding_cache
 from sam_prompt_learner.losses import dice_loss
+from sam_prompt_learner.pretraining import PretrainingConfig, build_sam_config
 
 logger = logging.getLogger("throughput")
 
@@ -196,11 +196,8 @@ def sam_config(geometry: str) -> SamConfig:
                 initializer_range=0.02,
             )
         )
-    # The shipped tiny model's recipe is the source of truth for its geometry: use its own config builder.
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_sam", REPO_ROOT / "examples" / "pretrain_tiny_sam.py")
-    pretrain_tiny_sam = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain_tiny_sam)
-    return pretrain_tiny_sam.build_config(pretrain_tiny_sam.parse_args([]))
+    # The tiny model's pre-training recipe is the source of truth for its geometry.
+    return build_sam_config(PretrainingConfig())
 
 
 def prompt_learner_config(config: SamConfig, **prompt_learner_fields) -> PromptLearnerConfig:

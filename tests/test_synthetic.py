@@ -130,6 +130,20 @@ def test_generic_has_nested_parts_and_varied_shapes():
     assert max(len(scene.objects) for scene in scenes) >= 4
 
 
+def test_simple_scenes_are_one_to_three_plain_disjoint_shapes_of_one_colour_each():
+    scenes = _scenes("simple", 30)
+    counts = [len(scene.objects) for scene in scenes]
+    assert min(counts) >= 1 and max(counts) == 3
+    assert {obj.category for scene in scenes for obj in scene.objects} == {"ellipse", "rectangle", "triangle", "blob"}
+    for scene in scenes:
+        masks = np.stack([obj.mask for obj in scene.objects])
+        assert (masks.sum(0) <= 1).all()  # visible parts: occlusion leaves no overlap
+        for obj in scene.objects:
+            interior = ndimage.binary_erosion(obj.mask, iterations=2)
+            colours = scene.image[interior].astype(int)
+            assert np.abs(colours - np.median(colours, axis=0)).max() <= 25  # one fill, up to the sensor noise
+
+
 def test_face_skin_excludes_and_touches_the_other_parts():
     touches_hair = 0
     for scene in _scenes("face_parts", 8):

@@ -1,5 +1,6 @@
 """Embedded synthetic task suite: deterministic, download-free promptable-segmentation sets as `DatasetDict`s.
 
+* `simple`: 1-3 plain shapes on plain, noisy or striped backgrounds: what any promptable segmenter must get right.
 * `generic`: shapes of many kinds and sizes with occlusion and nested part/whole objects over photographic and
   procedural textures. Every object is annotated, parts and wholes alike: the pre-training set for a tiny SAM.
 * `face_parts`, `banners`, `plates`: task scenarios in the spirit of the paper's (facial parts, outdoor banners,
@@ -393,6 +394,70 @@ def _generic_scene(rng: np.random.Generator, image_size: int) -> SyntheticScene:
     return SyntheticScene(_finish(rng, canvas, noise=0.03, blur_probability=0.0), objects)
 
 
+SIMPLE_SHAPE_KINDS = ("ellipse", "rectangle", "triangle", "blob")
+
+
+def _simple_shape(
+    rng: np.random.Generator, kind: str, center: np.ndarray, radius: float, image_size: int
+) -> np.ndarray:
+    """A plain shape of `kind` (one of `SIMPLE_SHAPE_KINDS`) within `radius` of `center`; `(size, size)` bool."""
+    if kind == "rectangle":
+        aspect = rng.uniform(1.0, 2.5)
+        half_width = radius / np.sqrt(1.0 + aspect**-2)
+        outline = _rounded_rectangle_outline(center, half_width, half_width / aspect, 0.0, rng.uniform(0, np.pi))
+        return _polygon_mask(outline, image_size)
+    if kind == "triangle":
+        angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.4, 0.4, 3)
+        return _polygon_mask(_radial_outline(center, angles, radius * rng.uniform(0.8, 1.0, 3)), image_size)
+    return _random_shape(rng, kind, center, radius, image_size)  # "ellipse", "blob"
+
+
+def _simple_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """A plain colour, a plain colour with strong pixel noise, or two-colour stripes; `(size, size, 3)` float32."""
+    kind = rng.integers(3)
+    canvas = np.broadcast_to(random_color(rng), (image_size, image_size, 3)).astype(np.float32)
+    if kind == 1:
+        canvas = canvas + rng.normal(0.0, rng.uniform(0.05, 0.15), canvas.shape).astype(np.float32)
+    elif kind == 2:
+        angle, period = rng.uniform(0, np.pi), rng.uniform(4.0, 16.0)
+        ys, xs = np.mgrid[:image_size, :image_size]
+        stripes = (np.cos(angle) * xs + np.sin(angle) * ys) % period < period / 2
+        canvas = np.where(stripes[..., None], canvas, random_color(rng)).astype(np.float32)
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def _simple_scene(rng: np.random.Generator, image_size: int) -> SyntheticScene:
+    """
+    1-3 plain, uniformly coloured shapes (ellipses, rectangles, triangles, blobs; radius 9-23% of the image) over a
+    plain, noisy or striped background, painted back to front. Objects are the visible part of each shape that keeps
+    >= 30% of its area: the easiest promptable segmentation, the first stage of pre-training.
+    """
+    kept: list[tuple[str, np.ndarray]] = []
+    while not kept:
+        shapes = []
+        for _ in range(int(rng.integers(1, 4))):
+            radius = image_size * rng.uniform(0.09, 0.23)
+            kind = SIMPLE_SHAPE_KINDS[rng.integers(len(SIMPLE_SHAPE_KINDS))]
+            shapes.append((kind, _simple_shape(rng, kind, rng.uniform(0.15, 0.85, 2) * image_size, radius, image_size)))
+        occluders = np.zeros((image_size, image_size), bool)
+        for kind, shape in reversed(shapes):  # front to back
+            visible = shape & ~occluders
+            if visible.sum() >= max(0.3 * shape.sum(), 0.0015 * image_size**2):
+                kept.insert(0, (kind, visible))
+            occluders |= shape
+    canvas = _simple_background(rng, image_size)
+    objects = []
+    for kind, mask in kept:
+        underneath = canvas[mask].mean(axis=0)
+        for _ in range(6):  # a colour that stands out from what is underneath
+            fill = random_color(rng)
+            if np.linalg.norm(fill - underneath) >= 0.3:
+                break
+        _paint(canvas, mask, fill)
+        objects.append(SceneObject(kind, mask))
+    return SyntheticScene(_finish(rng, canvas, noise=0.02, blur_probability=0.0), objects)
+
+
 SKIN_TONES = np.array(
     [[0.96, 0.80, 0.69], [0.92, 0.72, 0.58], [0.80, 0.58, 0.43], [0.63, 0.43, 0.30], [0.45, 0.30, 0.20]], np.float32
 )
@@ -698,6 +763,12 @@ class _SyntheticTask:
 
 
 _TASKS = {
+    "simple": _SyntheticTask(
+        "1-3 plain, uniformly coloured shapes (ellipses, rectangles, triangles, blobs) with occlusion over plain, "
+        "noisy or striped backgrounds; every visible shape annotated. The first stage of the tiny SAM's pre-training.",
+        _simple_scene,
+        (2000, 200, 200),
+    ),
     "generic": _SyntheticTask(
         "Promptable segmentation of shapes (ellipses, rounded rectangles, polygons, stars, blobs, rings, crescents) "
         "with occlusion and nested parts over photographic and procedural textures; every whole and part annotated.",
@@ -784,12 +855,12 @@ def load_synthetic_task(
 
     Args:
         name (`str`):
-            A key of `SYNTHETIC_TASKS`: `"generic"`, `"face_parts"`, `"banners"` or `"plates"`.
+            A key of `SYNTHETIC_TASKS`: `"simple"`, `"generic"`, `"face_parts"`, `"banners"` or `"plates"`.
         image_size (`int`, *optional*, defaults to 128):
             Side of the square RGB images, at least 64 (scenes are laid out relative to it).
         num_train (`int`, *optional*), num_validation (`int`, *optional*), num_test (`int`, *optional*):
-            Rows per split; `None` takes the task's default (2000/200/200 for `generic`, 400/100/100 otherwise).
-            Row `i` of a split is the same whatever the other sizes.
+            Rows per split; `None` takes the task's default (2000/200/200 for `simple` and `generic`, 400/100/100
+            otherwise). Row `i` of a split is the same whatever the other sizes.
         seed (`int`, *optional*, defaults to 0):
             Seed of the whole suite; each row's generator is seeded by `(seed, task, split, row index)`.
 

@@ -1,0 +1,21 @@
+"""Pre-training a SAM from scratch on the embedded synthetic scenes: how the embedded tiny SAM is made.
+
+`pretrain(output_dir, PretrainingConfig(...))` starts a run; `pretrain(output_dir, **stage_overrides)` continues it
+from its latest resumable state. `examples/pretrain_tiny_sam.py` is the command-line recipe.
+"""
+
+from .recipe import STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model
+from .runner import latest_state_dir, plot_learning_curves, pretrain
+from .scenes import Scenes
+
+__all__ = [
+    "STAGE_FIELDS",
+    "PretrainingConfig",
+    "Scenes",
+    "build_sam_config",
+    "evaluate",
+    "init_model",
+    "latest_state_dir",
+    "plot_learning_curves",
+    "pretrain",
+]

@@ -1,0 +1,308 @@
+"""The pre-training loop, resumable in stages.
+
+`output_dir` holds:
+
+* `state-<step>/`: the latest resumable state (model and optimizer as safetensors, the sampling generator's state,
+  `trainer_state.json` with the config, step, evaluation history and the stages run so far). It is written under a
+  temporary name, renamed into place, and only then named by the `LATEST` file (replaced atomically), so a process
+  killed at any moment leaves a state that loads. Nothing is unpickled on resume.
+* `best/`: the best evaluation so far as a plain `sam` checkpoint (`save_pretrained` + processor + `metrics.json`),
+  replaced atomically too.
+* `history.json`: every evaluation, for the learning curves (`plot_learning_curves`).
+
+A resumed run restores model, optimizer, step and generator, and recomputes the learning rate from the step, so it
+reaches bit-identical weights to an uninterrupted run on the same machine (`tests/test_pretraining.py`). Stages
+change only `STAGE_FIELDS` (time budget, threads, the cooldown that ends the run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from transformers import SamModel
+
+from ..processing import processor_for_config
+from .recipe import STAGE_FIELDS, PretrainingConfig, evaluate, init_model, learning_rate_factor, training_step
+from .scenes import Scenes
+
+logger = logging.getLogger(__name__)
+
+LATEST_NAME = "LATEST"
+TRAINER_STATE_NAME = "trainer_state.json"
+BEST_DIRNAME = "best"
+HISTORY_NAME = "history.json"
+
+
+def resume_config(stored: PretrainingConfig, overrides: dict) -> PretrainingConfig:
+    """`stored` with this stage's `overrides`; anything but `STAGE_FIELDS` would change what is trained: refused.
+
+    The previous stage's limits (`time_budget_minutes`, `stop_after_steps`) end with it; the other stage fields
+    carry over unless overridden.
+    """
+    stored = dataclasses.replace(stored, time_budget_minutes=None, stop_after_steps=None)
+    changed = sorted(name for name, value in overrides.items() if getattr(stored, name) != value)
+    refused = [name for name in changed if name not in STAGE_FIELDS]
+    if refused:
+        raise ValueError(
+            f"A resumed run trains with its stored config; these fields would change it: {refused}. Only "
+            f"{list(STAGE_FIELDS)} may change between stages (start a new output_dir otherwise)."
+        )
+    return dataclasses.replace(stored, **overrides)
+
+
+def latest_state_dir(output_dir: str | os.PathLike) -> Path | None:
+    """The state `LATEST` names, or None for a run that has not saved one."""
+    pointer = Path(output_dir) / LATEST_NAME
+    if not pointer.is_file():
+        return None
+    path = Path(output_dir) / pointer.read_text().strip()
+    if not (path / TRAINER_STATE_NAME).is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is missing or incomplete.")
+    return path
+
+
+def _replace_atomically(text: str, path: Path) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as flat tensors (`"<param index>.<name>"`) plus its JSON-able param groups."""
+    state_dict = optimizer.state_dict()
+    tensors = {
+        f"{index}.{name}": value.detach().clone()
+        for index, slots in state_dict["state"].items()
+        for name, value in slots.items()
+    }
+    return tensors, state_dict["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_state(
+    output_dir: Path,
+    model: SamModel,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    trainer_state: dict,
+) -> Path:
+    """Write `state-<step>/` atomically, point `LATEST` at it, then delete older states."""
+    name = f"state-{trainer_state['step']:07d}"
+    final, partial = output_dir / name, output_dir / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_model(model, str(partial / "model.safetensors"))
+    tensors, groups = _optimizer_tensors(optimizer)
+    save_file(tensors, str(partial / "optimizer.safetensors"))
+    save_file({"generator": generator.get_state()}, str(partial / "rng.safetensors"))
+    (partial / TRAINER_STATE_NAME).write_text(json.dumps({**trainer_state, "param_groups": groups}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)  # the same step saved again (a resumed run stopped at once)
+    os.replace(partial, final)
+    _replace_atomically(name, output_dir / LATEST_NAME)
+    for old in output_dir.glob("state-*"):
+        if old != final:
+            shutil.rmtree(old)
+    return final
+
+
+def load_state(state_dir: Path, model: SamModel, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
+    """Restore what `save_state` wrote; returns the trainer state (config, step, history, stages)."""
+    trainer_state = json.loads((state_dir / TRAINER_STATE_NAME).read_text())
+    missing, unexpected = load_model(model, str(state_dir / "model.safetensors"))
+    if missing or unexpected:
+        raise ValueError(f"{state_dir} does not fit the model: missing {missing}, unexpected {unexpected}.")
+    _load_optimizer(optimizer, load_file(str(state_dir / "optimizer.safetensors")), trainer_state.pop("param_groups"))
+    generator.set_state(load_file(str(state_dir / "rng.safetensors"))["generator"])
+    return trainer_state
+
+
+def save_best(output_dir: Path, model: SamModel, processor, metrics: dict) -> None:
+    """Replace `best/` atomically with the model as a plain `sam` checkpoint and its metrics."""
+    final, partial = output_dir / BEST_DIRNAME, output_dir / f".{BEST_DIRNAME}.partial"
+    previous = output_dir / f".{BEST_DIRNAME}.previous"
+    for leftover in (partial, previous):
+        shutil.rmtree(leftover, ignore_errors=True)
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    (partial / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(partial, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def selection_score(metrics: dict) -> float:
+    """What `best/` keeps: the mean of click (own choice) and box mIoU over the validation tasks."""
+    keys = [key for key in metrics if key.endswith(("_click_own", "_box"))]
+    return sum(metrics[key] for key in keys) / len(keys)
+
+
+def make_optimizer(model: SamModel, config: PretrainingConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=config.learning_rate,
+    )
+
+
+def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = None, **stage_overrides) -> dict:
+    """Run (or continue) pre-training in `output_dir` until this stage's limit or the schedule's end.
+
+    Args:
+        output_dir: where the state, `best/` and `history.json` live. If it holds a state, the run resumes from it
+            and `config` must be None; `stage_overrides` may change `STAGE_FIELDS` only.
+        config: the config of a new run.
+
+    Returns:
+        The trainer state at the end of this stage.
+    """
+    output_dir = Path(output_dir)
+    state_dir = latest_state_dir(output_dir)
+    if state_dir is not None:
+        if config is not None:
+            raise ValueError(f"{output_dir} holds a run ({state_dir.name}); resume it without a config.")
+        stored = json.loads((state_dir / TRAINER_STATE_NAME).read_text())["config"]
+        config = resume_config(PretrainingConfig(**stored), stage_overrides)
+    else:
+        config = dataclasses.replace(config or PretrainingConfig(), **stage_overrides)
+    torch.set_num_threads(config.num_threads)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stage_start = time.monotonic()
+
+    model = init_model(config)
+    processor = processor_for_config(model.config)
+    optimizer = make_optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    if state_dir is not None:
+        trainer_state = load_state(state_dir, model, optimizer, generator)
+        trainer_state["config"] = dataclasses.asdict(config)
+        logger.info(f"resumed {state_dir} at step {trainer_state['step']}")
+    else:
+        trainer_state = {"config": dataclasses.asdict(config), "step": 0, "history": [], "best_score": None,
+                         "stages": [], "compute_minutes": 0.0}  # fmt: skip
+    stage = {"start_step": trainer_state["step"], "num_threads": config.num_threads,
+             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    trainer_state["stages"].append(stage)
+
+    render_start = time.monotonic()
+    train = [Scenes(task, "train", count, config.image_size, config.data_seed)
+             for task, count in zip(config.tasks, config.num_train, strict=True)]  # fmt: skip
+    validation = [Scenes(task, "validation", config.num_validation, config.image_size, config.data_seed)
+                  for task in config.tasks]  # fmt: skip
+    logger.info(
+        f"rendered {[len(bank) for bank in train]} train and {[len(bank) for bank in validation]} validation images "
+        f"of {config.tasks} in {time.monotonic() - render_start:.0f} s"
+    )
+
+    def stage_minutes() -> float:
+        return (time.monotonic() - stage_start) / 60
+
+    def checkpoint() -> None:
+        stage.update(end_step=trainer_state["step"], minutes=round(stage_minutes(), 2))
+        trainer_state["compute_minutes"] = round(compute_before + stage_minutes() * config.num_threads, 2)
+        save_state(output_dir, model, optimizer, generator, trainer_state)
+
+    def run_evaluation() -> None:
+        metrics = {"step": trainer_state["step"]}
+        for bank in validation:
+            for name, value in evaluate(model, bank, processor).items():
+                metrics[f"{bank.task}_{name}"] = round(value, 4)
+        metrics["selection_score"] = round(selection_score(metrics), 4)
+        trainer_state["history"].append(metrics)
+        _replace_atomically(json.dumps(trainer_state["history"], indent=1), output_dir / HISTORY_NAME)
+        logger.info(f"eval {json.dumps(metrics)}")
+        if trainer_state["best_score"] is None or metrics["selection_score"] > trainer_state["best_score"]:
+            trainer_state["best_score"] = metrics["selection_score"]
+            save_best(output_dir, model, processor, {**metrics, "config": dataclasses.asdict(config)})
+
+    compute_before = trainer_state["compute_minutes"]
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    last_checkpoint, running = time.monotonic(), {}
+    model.train()
+    while True:
+        step = trainer_state["step"]
+        if step == config.final_step:
+            reason = "end of schedule"
+        elif config.stop_after_steps is not None and step >= config.stop_after_steps:
+            reason = f"stop_after_steps {config.stop_after_steps}"
+        elif config.time_budget_minutes is not None and stage_minutes() >= config.time_budget_minutes:
+            reason = f"time budget {config.time_budget_minutes} min"
+        else:
+            reason = None
+        if reason is not None:
+            if not trainer_state["history"] or trainer_state["history"][-1]["step"] != step:
+                run_evaluation()
+            checkpoint()
+            logger.info(f"stopped at step {step} ({reason}); state saved; {stage_minutes():.1f} min this stage")
+            return trainer_state
+
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * learning_rate_factor(step, config)
+        losses = training_step(model, train, processor, step, config, generator)
+        if not torch.isfinite(losses["loss"]):
+            terms = {name: float(value) for name, value in losses.items()}
+            raise FloatingPointError(f"non-finite pre-training loss at step {step + 1}: {terms}")
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        trainer_state["step"] = step = step + 1
+        for name, value in losses.items():
+            running[name] = running.get(name, 0.0) + value.item() / config.log_every
+        if step % config.log_every == 0:
+            summary = " ".join(f"{name} {value:.4f}" for name, value in running.items())
+            logger.info(f"step {step} {summary} lr {optimizer.param_groups[0]['lr']:.2e} ({stage_minutes():.1f} min)")
+            running = {}
+        if step % config.eval_every_steps == 0:
+            run_evaluation()
+        if (time.monotonic() - last_checkpoint) / 60 >= config.checkpoint_minutes:
+            checkpoint()
+            last_checkpoint = time.monotonic()
+
+
+def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Validation mIoU per evaluation (click own choice, best of 3, box; one panel per task) as a PNG.
+
+    Needs matplotlib (the `bench` extra).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({key.rsplit("_click_own", 1)[0] for entry in history for key in entry if key.endswith("_click_own")})
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False, sharey=True)
+    steps = [entry["step"] for entry in history]
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for suffix, label in (("click_own", "click, own choice"), ("click_best_of_3", "click, best of 3"),
+                              ("box", "box")):  # fmt: skip
+            axis.plot(steps, [entry[f"{task}_{suffix}"] for entry in history], marker=".", label=label)
+        axis.set(title=f"{task} validation", xlabel="step", ylim=(0, 1))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mIoU")
+    axes[0][-1].legend(loc="lower right")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,238 @@
+"""Pre-training (`sam_prompt_learner.pretraining`): prompt sampling, schedule, init, and resumable stages."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, SamModel
+
+from sam_prompt_learner import SamPromptLearnerModel
+from sam_prompt_learner.data.masks import mask_to_box
+from sam_prompt_learner.modeling_prompt_learner import POINT_PAD_LABEL
+from sam_prompt_learner.pretraining import PretrainingConfig, init_model, latest_state_dir, pretrain, recipe, sampling
+from sam_prompt_learner.pretraining.runner import resume_config
+
+
+@pytest.fixture
+def masks() -> torch.Tensor:
+    """Four non-empty masks `(4, 24, 20)`: a rectangle, a single pixel, an L shape, and the full grid."""
+    masks = torch.zeros(4, 24, 20, dtype=torch.bool)
+    masks[0, 3:9, 5:16] = True
+    masks[1, 20, 2] = True
+    masks[2, 10:20, 4:6] = True
+    masks[2, 18:20, 4:14] = True
+    masks[3] = True
+    return masks
+
+
+def test_masks_to_boxes_matches_mask_to_box(masks):
+    expected = np.stack([mask_to_box(mask.numpy()) for mask in masks])
+    np.testing.assert_array_equal(sampling.masks_to_boxes(masks).numpy(), expected)
+
+
+def test_sampled_pixels_lie_on_their_mask(masks):
+    points = sampling.sample_mask_pixels(masks, 50, torch.Generator().manual_seed(0))  # (4, 50, 2) x, y
+    assert points.shape == (4, 50, 2)
+    x, y = points[..., 0].long(), points[..., 1].long()
+    assert masks[torch.arange(4).unsqueeze(1), y, x].all()
+    assert points[1].eq(torch.tensor([2.0, 20.0])).all()  # a one-pixel mask has one choice
+
+
+def test_jittered_boxes_stay_ordered_inside_the_image_and_near_the_tight_box(masks):
+    boxes = sampling.masks_to_boxes(masks).repeat(50, 1)  # (200, 4)
+    jittered = sampling.jitter_boxes(boxes, 0.3, 24, torch.Generator().manual_seed(0))
+    assert (jittered[:, :2] <= jittered[:, 2:]).all()
+    assert (jittered >= 0).all() and (jittered <= 23).all()
+    extent = (boxes[:, 2:] - boxes[:, :2] + 1).repeat(1, 2)
+    assert ((jittered - boxes).abs() <= 0.3 * extent + 1e-5).all()
+    assert not torch.equal(jittered, boxes)
+    assert torch.equal(sampling.jitter_boxes(boxes, 0.0, 24, torch.Generator()), boxes)
+
+
+def test_multi_clicks_are_positive_on_the_mask_negative_near_it_and_at_least_two(masks):
+    generator = torch.Generator().manual_seed(0)
+    repeated = masks.repeat(40, 1, 1)  # (160, 24, 20)
+    points, labels = sampling.sample_multi_clicks(repeated, generator)
+    assert points.shape == (160, 4, 2) and labels.shape == (160, 4)
+    real = labels != POINT_PAD_LABEL
+    assert (real.sum(1) >= 2).all()
+    assert (labels[:, :3] != 0).all() and (labels[:, 3] != 1).all()  # positives first, the negative last
+    x, y = points[..., 0].long(), points[..., 1].long()
+    on_mask = repeated[torch.arange(160).unsqueeze(1), y, x]  # (160, 4)
+    assert on_mask[labels == 1].all() and not on_mask[labels == 0].any()
+    assert (points[~real] == 0).all()
+    # The full-grid mask has no background nearby, so it never gets a negative click; the others sometimes do.
+    assert not (labels[3::4] == 0).any() and (labels == 0).any()
+    boxes = sampling.masks_to_boxes(repeated)
+    margin = 0.2 * (boxes[:, 2:] - boxes[:, :2] + 1)
+    negative = labels[:, 3] == 0
+    assert (points[negative, 3] >= (boxes[negative, :2] - margin[negative])).all()
+    assert (points[negative, 3] <= (boxes[negative, 2:] + margin[negative])).all()
+
+
+def test_augment_moves_image_and_masks_together():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.arange(3 * 8 * 8).view(3, 8, 8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 1, 2] = True
+    masks[1, 5:, :3] = True
+    for _ in range(16):
+        moved_image, moved_masks = sampling.augment(image, masks, generator)
+        for original, moved in zip(masks, moved_masks, strict=True):
+            # The marked pixels of each mask still carry the same image values.
+            assert torch.equal(image[:, original].sort(dim=1).values, moved_image[:, moved].sort(dim=1).values)
+
+
+def test_learning_rate_warms_up_stays_constant_then_cools_down_to_zero():
+    constant = PretrainingConfig(warmup_steps=10)
+    assert recipe.learning_rate_factor(0, constant) == pytest.approx(0.1)
+    assert recipe.learning_rate_factor(9, constant) == recipe.learning_rate_factor(10_000, constant) == 1.0
+    cooled = dataclasses.replace(constant, cooldown_start_step=100, cooldown_steps=50)
+    factors = [recipe.learning_rate_factor(step, cooled) for step in range(100, 151)]
+    assert factors[0] == 1.0 and factors[25] == pytest.approx(0.5) and factors[50] == 0.0
+    assert all(a >= b for a, b in zip(factors, factors[1:], strict=False))
+    assert cooled.final_step == 150 and constant.final_step is None
+
+
+def test_curriculum_moves_from_the_first_task_to_the_mixture():
+    config = PretrainingConfig(first_task_fraction_start=1.0, first_task_fraction_end=0.25, curriculum_steps=100)
+    assert recipe.first_task_fraction(0, config) == 1.0
+    assert recipe.first_task_fraction(50, config) == pytest.approx(0.625)
+    assert recipe.first_task_fraction(100, config) == recipe.first_task_fraction(10**6, config) == 0.25
+
+
+def test_iou_ranking_loss_is_zero_for_exact_predictions_and_penalises_a_wrong_order():
+    actual = torch.tensor([[0.2, 0.9, 0.5]])
+    assert recipe.iou_ranking_loss(actual.clone(), actual).item() == 0.0
+    assert recipe.iou_ranking_loss(actual + 0.3, actual).item() == 0.0  # an offset keeps the order
+    swapped = torch.tensor([[0.2, 0.5, 0.9]])  # predicts the third mask best
+    assert recipe.iou_ranking_loss(swapped, actual).item() == pytest.approx(
+        (0.4 + 0.8) / 2
+    )  # gaps 0.7, 0.4 wanted; 0.3, -0.4 given
+
+
+def tiny_config(**overrides) -> PretrainingConfig:
+    """A 64 px model that trains a step in well under a second."""
+    fields = dict(
+        image_size=64, vision_hidden_size=32, vision_layers=1, vision_heads=2, decoder_hidden_size=32, batch_size=2,
+        prompts_per_image=2, num_train=[6, 6], num_validation=2, warmup_steps=2, curriculum_steps=4,
+        eval_every_steps=3, num_threads=1,
+    )  # fmt: skip
+    return PretrainingConfig(**{**fields, **overrides})
+
+
+def test_positional_matrix_is_standard_normal_frozen_and_shared_with_the_prompt_encoder():
+    model = init_model(tiny_config())
+    matrix = model.shared_image_embedding.positional_embedding
+    assert not matrix.requires_grad and matrix.abs().max() < 6  # the default has std hidden_size // 2 = 16
+    assert model.prompt_encoder.shared_embedding.positional_embedding is matrix
+
+
+def test_aligned_cross_attention_routes_a_point_to_its_location():
+    """With equal orthonormal query/key projections, the positional encoding of a point scores highest against the
+    image positions around it; with transformers' init it does not (what the from-scratch plateau has to learn)."""
+    model = init_model(tiny_config(image_size=128, patch_size=8))
+    image_pe = model.get_image_wide_positional_embeddings()[0]  # (C, E, E)
+    size = image_pe.shape[-1]
+    cells = torch.tensor([[2.5, 3.5], [11.5, 6.5], [8.5, 13.5]])  # (x, y) at cell centres of the E x E grid
+    point_pe = model.prompt_encoder.shared_embedding(cells.view(1, 3, 2) / size)[0]  # (3, C)
+
+    def peak_cells(attention) -> torch.Tensor:
+        scores = attention.q_proj(point_pe) @ attention.k_proj(image_pe.flatten(1).T).T  # (3, E*E)
+        index = scores.argmax(dim=1)
+        return torch.stack([index % size, index // size], dim=1).float()
+
+    attention = model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    assert (peak_cells(attention) - cells.floor()).abs().max() > 2  # transformers' init: unrelated peaks
+    recipe.align_cross_attention(model, 2.0, torch.Generator().manual_seed(0))
+    for layer in model.mask_decoder.transformer.layers:
+        for attention in (layer.cross_attn_token_to_image, layer.cross_attn_image_to_token):
+            assert torch.equal(attention.q_proj.weight, attention.k_proj.weight)
+            assert not attention.q_proj.bias.any() and not attention.k_proj.bias.any()
+            gram = attention.q_proj.weight @ attention.q_proj.weight.T
+            assert torch.allclose(gram, 4.0 * torch.eye(len(gram)), atol=1e-5)  # orthonormal rows, times 2
+    final = model.mask_decoder.transformer.final_attn_token_to_image
+    assert torch.equal(final.q_proj.weight, final.k_proj.weight)
+    assert (peak_cells(attention) - cells.floor()).abs().max() <= 1
+
+
+def test_batches_follow_the_curriculum():
+    config = tiny_config()
+    banks = [recipe.Scenes(task, "train", 4, 64, 0) for task in config.tasks]
+    banks[1].images.fill_(255)  # tell the banks' images apart: simple scenes are never all white
+    generator = torch.Generator().manual_seed(0)
+    for step, expected_first in ((0, 2), (4, 0)):  # fraction 1.0 at step 0, 0.25 of 2 images rounds to 0 at the end
+        images, masks = recipe.sample_batch(banks, step, config, generator)
+        assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 6, 64, 64) and masks.flatten(2).any(2).all()
+        assert int((images.flatten(1) != 255).any(1).sum()) == expected_first
+
+
+def _weights(state_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(state_dir / "model.safetensors"))
+
+
+def test_a_stopped_and_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tmp_path):
+    config = tiny_config(stop_after_steps=6)
+    uninterrupted = pretrain(tmp_path / "whole", config)
+    pretrain(tmp_path / "staged", dataclasses.replace(config, stop_after_steps=2))
+    assert latest_state_dir(tmp_path / "staged").name == "state-0000002"
+    # A stage may change how it logs (threads too, but float sums then differ in the last bits).
+    resumed = pretrain(tmp_path / "staged", stop_after_steps=4, log_every=1)
+    resumed = pretrain(tmp_path / "staged", stop_after_steps=6)
+    whole, staged = _weights(latest_state_dir(tmp_path / "whole")), _weights(latest_state_dir(tmp_path / "staged"))
+    assert whole.keys() == staged.keys() and all(torch.equal(whole[key], staged[key]) for key in whole)
+    other = pretrain(tmp_path / "other_seed", dataclasses.replace(config, seed=1))
+    assert not torch.equal(_weights(latest_state_dir(tmp_path / "other_seed"))["mask_decoder.iou_token.weight"],
+                           whole["mask_decoder.iou_token.weight"])  # fmt: skip
+    # The evaluation history survives the stages: the cadence (3, 6) plus each stage's end (2, 4), once each, and the
+    # scores of a step do not depend on the stages before it.
+    assert [entry["step"] for entry in uninterrupted["history"]] == [3, 6] and other["step"] == 6
+    assert [entry["step"] for entry in resumed["history"]] == [2, 3, 4, 6]
+    assert resumed["history"][-1] == uninterrupted["history"][-1]
+    assert [(stage["start_step"], stage["end_step"]) for stage in resumed["stages"]] == [(0, 2), (2, 4), (4, 6)]
+    assert json.loads((tmp_path / "staged" / "history.json").read_text()) == resumed["history"]
+
+
+def test_a_resumed_run_refuses_to_change_what_it_trains(tmp_path):
+    pretrain(tmp_path / "run", tiny_config(stop_after_steps=1))
+    with pytest.raises(ValueError, match=r"\['learning_rate'\]"):
+        pretrain(tmp_path / "run", learning_rate=1.0, stop_after_steps=2)
+    with pytest.raises(ValueError, match="resume it without a config"):
+        pretrain(tmp_path / "run", tiny_config())
+    stored = tiny_config()
+    assert resume_config(stored, {"cooldown_start_step": 5, "cooldown_steps": 5}).final_step == 10
+
+
+def test_the_cooldown_stage_ends_the_run_at_its_last_step(tmp_path):
+    pretrain(tmp_path / "run", tiny_config(stop_after_steps=2))
+    state = pretrain(tmp_path / "run", cooldown_start_step=2, cooldown_steps=3)
+    assert state["step"] == 5 and state["history"][-1]["step"] == 5
+    assert state["stages"][-1]["end_step"] == 5
+
+
+def test_a_partial_state_is_never_loaded(tmp_path):
+    pretrain(tmp_path / "run", tiny_config(stop_after_steps=2))
+    # A process killed while writing leaves a partial directory, which the next save replaces and nothing loads.
+    (tmp_path / "run" / ".state-0000003.partial").mkdir()
+    assert latest_state_dir(tmp_path / "run").name == "state-0000002"
+    state = pretrain(tmp_path / "run", stop_after_steps=3)
+    assert state["step"] == 3 and not list((tmp_path / "run").glob(".*partial"))
+    assert sorted(path.name for path in (tmp_path / "run").glob("state-*")) == ["state-0000003"]
+
+
+def test_best_is_a_plain_sam_checkpoint_every_class_loads(tmp_path):
+    pretrain(tmp_path / "run", tiny_config(stop_after_steps=3))
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "config.json").read_text())["model_type"] == "sam"
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert metrics["step"] == 3 and not math.isnan(metrics["generic_box"])
+    for model_class in (SamModel, AutoModel, SamPromptLearnerModel):
+        model = model_class.from_pretrained(best)
+        assert isinstance(model, SamModel)
+        assert torch.equal(model.mask_decoder.iou_token.weight, _weights(latest_state_dir(tmp_path / "run"))[
+            "mask_decoder.iou_token.weight"])  # fmt: skip
+    assert np.isfinite(metrics["selection_score"])
