@@ -17,6 +17,9 @@ time budget, threads, evaluation and checkpoint cadence, the cooldown that ends 
 
 `output_dir/best` is the best validation evaluation as a plain `sam` checkpoint, `output_dir/history.json` the
 learning curves (`--plot` draws them as `learning_curves.png`).
+
+On a GPU, a stage takes `--device cuda --bf16` (sampling stays on the CPU, so the batches are the same); a new run
+there would rather take a larger `--batch_size`.
 """
 
 import argparse
@@ -49,12 +52,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
             else (config_field.default)
         )
         stage = " (a stage flag: may change on --resume)" if config_field.name in STAGE_FIELDS else ""
+        kind_options = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind, "nargs": nargs}
         parser.add_argument(
             f"--{config_field.name}",
-            type=kind,
-            nargs=nargs,
             default=argparse.SUPPRESS,
             help=f"PretrainingConfig.{config_field.name} (default {default}){stage}.",
+            **kind_options,
         )
     namespace = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(PretrainingConfig)}

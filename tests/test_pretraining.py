@@ -1,8 +1,10 @@
 """Pre-training (`sam_prompt_learner.pretraining`): prompt sampling, schedule, init, and resumable stages."""
 
 import dataclasses
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from sam_prompt_learner.data.masks import mask_to_box
 from sam_prompt_learner.modeling_prompt_learner import POINT_PAD_LABEL
 from sam_prompt_learner.pretraining import PretrainingConfig, init_model, latest_state_dir, pretrain, recipe, sampling
 from sam_prompt_learner.pretraining.runner import resume_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture
@@ -236,3 +240,31 @@ def test_best_is_a_plain_sam_checkpoint_every_class_loads(tmp_path):
         assert torch.equal(model.mask_decoder.iou_token.weight, _weights(latest_state_dir(tmp_path / "run"))[
             "mask_decoder.iou_token.weight"])  # fmt: skip
     assert np.isfinite(metrics["selection_score"])
+
+
+def test_parts_are_the_objects_inside_a_larger_one():
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[0, :6, :6] = True  # a whole
+    masks[1, 1:3, 1:3] = True  # its part
+    masks[2, 5:8, 5:8] = True  # overlaps the whole, not inside it
+    masks[3, 1:3, 1:3] = True  # the same region as the part: inside the whole too, not inside its twin
+    assert recipe.parts_of_nested_objects(masks).tolist() == [False, True, False, True]
+
+
+def test_the_command_line_takes_config_fields_and_a_bf16_stage(tmp_path):
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_sam", EXAMPLES / "pretrain_tiny_sam.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, given = script.parse_args(["--output_dir", "x", "--num_train", "3", "4", "--bf16", "--learning_rate", "0.1"])
+    assert given == {"num_train": [3, 4], "bf16": True, "learning_rate": 0.1}  # only what was given
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output_dir", "x", "--num_train", "three"])
+    config = tiny_config(stop_after_steps=2)
+    pretrain(tmp_path / "fp32", config)
+    pretrain(tmp_path / "bf16", config)
+    fp32 = pretrain(tmp_path / "fp32", stop_after_steps=3)
+    bf16 = pretrain(tmp_path / "bf16", stop_after_steps=3, bf16=True)
+    assert bf16["config"]["bf16"] and bf16["step"] == fp32["step"] == 3
+    first, second = (_weights(latest_state_dir(tmp_path / run)) for run in ("fp32", "bf16"))
+    key = "mask_decoder.iou_token.weight"
+    assert torch.isfinite(second[key]).all() and not torch.equal(first[key], second[key])

@@ -33,6 +33,8 @@ STAGE_FIELDS = (
     "log_every",
     "cooldown_start_step",
     "cooldown_steps",
+    "device",
+    "bf16",
 )
 
 
@@ -73,6 +75,8 @@ class PretrainingConfig:
         seed (`int`): model init and training sampling.
         eval_every_steps (`int`), checkpoint_minutes (`float`), log_every (`int`), num_threads (`int`),
         time_budget_minutes (`float`, *optional*), stop_after_steps (`int`, *optional*): this stage's limits.
+        device (`str`): where the model runs (`"cpu"`, `"cuda"`); sampling stays on the CPU, so a run's batches are
+            the same on any device. bf16 (`bool`): forward passes under bfloat16 autocast (for a GPU stage).
     """
 
     tasks: list[str] = field(default_factory=lambda: ["simple", "generic"])
@@ -108,6 +112,8 @@ class PretrainingConfig:
     num_threads: int = 2
     time_budget_minutes: float | None = None
     stop_after_steps: int | None = None
+    device: str = "cpu"
+    bf16: bool = False
 
     @property
     def final_step(self) -> int | None:
@@ -267,8 +273,8 @@ def decode(
         input_boxes=input_boxes,
         multimask_output=multimask_output,
     )
-    logits = outputs.pred_masks.flatten(0, 1)  # (B*P, K, 4E, 4E)
-    predicted_iou = outputs.iou_scores.flatten(0, 1)  # (B*P, K)
+    logits = outputs.pred_masks.flatten(0, 1).float()  # (B*P, K, 4E, 4E); the loss in float32 under autocast
+    predicted_iou = outputs.iou_scores.flatten(0, 1).float()  # (B*P, K)
     num_prompts, num_outputs = logits.shape[:2]
     flat_logits = logits.flatten(0, 1)  # (B*P*K, 4E, 4E)
     flat_targets = targets.flatten(0, 1).repeat_interleave(num_outputs, dim=0)
@@ -308,28 +314,34 @@ def sample_batch(
 def training_step(
     model: SamModel, banks: list[Scenes], processor, step: int, config: PretrainingConfig, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """Sample a batch, run the three prompt kinds on shared image embeddings, return the losses (total first)."""
+    """Sample a batch, run the three prompt kinds on shared image embeddings, return the losses (total first).
+
+    Prompts are sampled on the CPU with `generator`; the model's inputs and targets then move to the model's device.
+    """
+    device = model.device
     images, masks = sample_batch(banks, step, config, generator)
-    pixel_values = normalize_images(images, processor)  # (B, 3, S, S)
+    pixel_values = normalize_images(images, processor).to(device)  # (B, 3, S, S)
     batch_size, num_prompts = masks.shape[:2]
     flat_masks = masks.flatten(0, 1)  # (B*3P, S, S)
     logits_size = 4 * model.config.prompt_encoder_config.image_embedding_size
     # Area-downsampled targets on the mask-logit grid: the fraction of each cell the object covers.
-    soft_targets = F.adaptive_avg_pool2d(flat_masks.float().unsqueeze(1), logits_size).view(
-        batch_size, num_prompts, logits_size, logits_size
+    soft_targets = (
+        F.adaptive_avg_pool2d(flat_masks.float().unsqueeze(1), logits_size)
+        .view(batch_size, num_prompts, logits_size, logits_size)
+        .to(device)
     )
     image_embeddings = model.vision_encoder(pixel_values).last_hidden_state  # (B, C, E, E)
     prompts = config.prompts_per_image
     click_masks, box_masks, multi_masks = flat_masks.view(batch_size, 3, prompts, *flat_masks.shape[1:]).unbind(1)
 
-    clicks = sample_mask_pixels(click_masks.flatten(0, 1), 1, generator).view(batch_size, prompts, 1, 2)
+    clicks = sample_mask_pixels(click_masks.flatten(0, 1), 1, generator).view(batch_size, prompts, 1, 2).to(device)
     click = decode(
         model,
         image_embeddings,
         soft_targets[:, :prompts],
         multimask_output=True,
         input_points=clicks,
-        input_labels=torch.ones(batch_size, prompts, 1, dtype=torch.int64),
+        input_labels=torch.ones(batch_size, prompts, 1, dtype=torch.int64, device=device),
     )
     boxes = jitter_boxes(masks_to_boxes(box_masks.flatten(0, 1)), config.box_jitter, config.image_size, generator)
     box = decode(
@@ -337,7 +349,7 @@ def training_step(
         image_embeddings,
         soft_targets[:, prompts : 2 * prompts],
         multimask_output=False,
-        input_boxes=boxes.view(batch_size, prompts, 4),
+        input_boxes=boxes.view(batch_size, prompts, 4).to(device),
     )
     points, labels = sample_multi_clicks(multi_masks.flatten(0, 1), generator)
     multi = decode(
@@ -345,8 +357,8 @@ def training_step(
         image_embeddings,
         soft_targets[:, 2 * prompts :],
         multimask_output=False,
-        input_points=points.view(batch_size, prompts, -1, 2),
-        input_labels=labels.view(batch_size, prompts, -1),
+        input_points=points.view(batch_size, prompts, -1, 2).to(device),
+        input_labels=labels.view(batch_size, prompts, -1).to(device),
     )
     kinds = (click, box, multi)
     mask_loss = sum(kind["mask"].mean() for kind in kinds) / 3
@@ -371,15 +383,20 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
     `prompt_rng(str(image_id), object index)`); `click_own` keeps the mask with the highest predicted IoU,
     `click_best_of_3` the best mask (an oracle), `box` decodes the object's tight box with the single-mask output.
     Logits are upsampled bilinearly to the image, as `SamProcessor.post_process_masks` does, and thresholded at 0.
+    `parts_own` / `parts_best_of_3` are the click scores over the objects that lie inside another object of their
+    image (parts of a nested whole, where a click is ambiguous): a gap between them says the IoU head, not the
+    masks, loses the part. Absent when the split has no such objects.
     """
-    was_training = model.training
+    was_training, device = model.training, model.device
     model.eval()
     prompt_config = PromptConfig(point_placement="interior")
     image_size = scenes.images.shape[-1]
     ious: dict[str, list[torch.Tensor]] = {"click_own": [], "click_best_of_3": [], "box": []}
+    is_part: list[torch.Tensor] = []
     for start in range(0, len(scenes), batch_size):
         indices = range(start, min(start + batch_size, len(scenes)))
-        embeddings = model.get_image_embeddings(normalize_images(scenes.images[start : indices.stop], processor))
+        pixel_values = normalize_images(scenes.images[start : indices.stop], processor).to(device)
+        embeddings = model.get_image_embeddings(pixel_values)
         for batch_index, image_index in enumerate(indices):
             masks = scenes.object_masks(image_index)  # (M, S, S)
             sample_id = str(int(scenes.image_ids[image_index]))
@@ -390,14 +407,31 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
             points = torch.tensor(np.stack([prompt.points for prompt in prompts]), dtype=torch.float32)  # (M, 1, 2)
             boxes = torch.tensor(np.stack([prompt.box for prompt in prompts]), dtype=torch.float32)  # (M, 4)
             embedding = embeddings[batch_index : batch_index + 1]
-            click_outputs = model(image_embeddings=embedding, input_points=points[None], multimask_output=True)
-            box_outputs = model(image_embeddings=embedding, input_boxes=boxes[None], multimask_output=False)
-            click_logits = F.interpolate(click_outputs.pred_masks[0], size=image_size, mode="bilinear")  # (M, 3, S, S)
-            box_logits = F.interpolate(box_outputs.pred_masks[0], size=image_size, mode="bilinear")  # (M, 1, S, S)
+            click_outputs = model(
+                image_embeddings=embedding, input_points=points[None].to(device), multimask_output=True
+            )
+            box_outputs = model(image_embeddings=embedding, input_boxes=boxes[None].to(device), multimask_output=False)
+            # (M, 3, S, S) and (M, 1, S, S), back on the CPU with the ground truth
+            click_logits = F.interpolate(click_outputs.pred_masks[0].float().cpu(), size=image_size, mode="bilinear")
+            box_logits = F.interpolate(box_outputs.pred_masks[0].float().cpu(), size=image_size, mode="bilinear")
             click_ious = mask_iou(click_logits > 0, masks.unsqueeze(1).expand_as(click_logits))  # (M, 3)
-            own_choice = click_outputs.iou_scores[0].argmax(dim=1, keepdim=True)  # (M, 1)
+            own_choice = click_outputs.iou_scores[0].cpu().argmax(dim=1, keepdim=True)  # (M, 1)
             ious["click_own"].append(click_ious.gather(1, own_choice).squeeze(1))
             ious["click_best_of_3"].append(click_ious.max(dim=1).values)
             ious["box"].append(mask_iou(box_logits[:, 0] > 0, masks))
+            is_part.append(parts_of_nested_objects(masks))
     model.train(was_training)
-    return {name: float(torch.cat(values).mean()) if values else math.nan for name, values in ious.items()}
+    scores = {name: torch.cat(values) if values else torch.zeros(0) for name, values in ious.items()}
+    parts = torch.cat(is_part) if is_part else torch.zeros(0, dtype=torch.bool)
+    if parts.any():
+        scores["parts_own"], scores["parts_best_of_3"] = scores["click_own"][parts], scores["click_best_of_3"][parts]
+    return {name: float(values.mean()) if len(values) else math.nan for name, values in scores.items()}
+
+
+def parts_of_nested_objects(masks: torch.Tensor) -> torch.Tensor:
+    """`(M,)` bool: which of an image's object masks `(M, S, S)` lie wholly inside another, larger one."""
+    flat = masks.flatten(1).float()  # (M, S*S)
+    overlap = flat @ flat.T  # (M, M): shared pixels
+    areas = flat.sum(1)
+    inside = (overlap == areas.unsqueeze(1)) & (areas.unsqueeze(1) < areas.unsqueeze(0))  # [i, j]: i within j
+    return inside.any(dim=1)

@@ -189,7 +189,7 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
     output_dir.mkdir(parents=True, exist_ok=True)
     stage_start = time.monotonic()
 
-    model = init_model(config)
+    model = init_model(config).to(config.device)
     processor = processor_for_config(model.config)
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -258,7 +258,8 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
 
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * learning_rate_factor(step, config)
-        losses = training_step(model, train, processor, step, config, generator)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            losses = training_step(model, train, processor, step, config, generator)
         if not torch.isfinite(losses["loss"]):
             terms = {name: float(value) for name, value in losses.items()}
             raise FloatingPointError(f"non-finite pre-training loss at step {step + 1}: {terms}")
