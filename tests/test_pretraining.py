@@ -4,6 +4,8 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,15 @@ from transformers import AutoModel, SamModel
 from sam_prompt_learner import SamPromptLearnerModel
 from sam_prompt_learner.data.masks import mask_to_box
 from sam_prompt_learner.modeling_prompt_learner import POINT_PAD_LABEL
-from sam_prompt_learner.pretraining import PretrainingConfig, init_model, latest_state_dir, pretrain, recipe, sampling
+from sam_prompt_learner.pretraining import (
+    PretrainingConfig,
+    init_model,
+    latest_state_dir,
+    pretrain,
+    recipe,
+    runner,
+    sampling,
+)
 from sam_prompt_learner.pretraining.runner import resume_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -268,3 +278,18 @@ def test_the_command_line_takes_config_fields_and_a_bf16_stage(tmp_path):
     first, second = (_weights(latest_state_dir(tmp_path / run)) for run in ("fp32", "bf16"))
     key = "mask_decoder.iou_token.weight"
     assert torch.isfinite(second[key]).all() and not torch.equal(first[key], second[key])
+
+
+def test_sigterm_stops_after_the_current_step_with_the_state_saved(tmp_path, monkeypatch):
+    def step_then_terminate(model, banks, processor, step, config, generator):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return recipe.training_step(model, banks, processor, step, config, generator)
+
+    monkeypatch.setattr(runner, "training_step", step_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    state = pretrain(tmp_path / "run", tiny_config(stop_after_steps=5))
+    assert state["step"] == 2 and latest_state_dir(tmp_path / "run").name == "state-0000002"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is only the run's
+    monkeypatch.undo()
+    assert pretrain(tmp_path / "run", stop_after_steps=3)["step"] == 3

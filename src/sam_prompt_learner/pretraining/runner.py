@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -236,6 +237,9 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
             save_best(output_dir, model, processor, {**metrics, "config": dataclasses.asdict(config)})
 
     compute_before = trainer_state["compute_minutes"]
+    # SIGTERM (a session or job manager stopping the run) ends it after the current step, with its state saved.
+    terminated = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     last_checkpoint, running = time.monotonic(), {}
     model.train()
@@ -247,13 +251,17 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
             reason = f"stop_after_steps {config.stop_after_steps}"
         elif config.time_budget_minutes is not None and stage_minutes() >= config.time_budget_minutes:
             reason = f"time budget {config.time_budget_minutes} min"
+        elif terminated:
+            reason = "SIGTERM"
         else:
             reason = None
         if reason is not None:
-            if not trainer_state["history"] or trainer_state["history"][-1]["step"] != step:
+            scored = trainer_state["history"] and trainer_state["history"][-1]["step"] == step
+            if not scored and not terminated:  # a stopped process may have little time left: save first
                 run_evaluation()
             checkpoint()
             logger.info(f"stopped at step {step} ({reason}); state saved; {stage_minutes():.1f} min this stage")
+            signal.signal(signal.SIGTERM, previous_handler)
             return trainer_state
 
         for group in optimizer.param_groups:
@@ -276,7 +284,7 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
             running = {}
         if step % config.eval_every_steps == 0:
             run_evaluation()
-        if (time.monotonic() - last_checkpoint) / 60 >= config.checkpoint_minutes:
+        if (time.monotonic() - last_checkpoint) / 60 >= config.checkpoint_minutes and not terminated:
             checkpoint()
             last_checkpoint = time.monotonic()
 
