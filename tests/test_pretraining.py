@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, SamModel
 
-from sam_prompt_learner import SamPromptLearnerModel
+from sam_prompt_learner import SamPromptLearnerModel, cli, processor_for_config
 from sam_prompt_learner.data.masks import mask_to_box
 from sam_prompt_learner.modeling_prompt_learner import POINT_PAD_LABEL
 from sam_prompt_learner.pretraining import (
@@ -293,3 +293,23 @@ def test_sigterm_stops_after_the_current_step_with_the_state_saved(tmp_path, mon
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is only the run's
     monkeypatch.undo()
     assert pretrain(tmp_path / "run", stop_after_steps=3)["step"] == 3
+
+
+def test_in_loop_scores_are_what_the_evaluate_command_reports(tmp_path):
+    """The card's figures come from `evaluate`; `sam-prompt-learner evaluate` on the saved checkpoint must agree."""
+    pretrain(tmp_path / "run", tiny_config(image_size=128, patch_size=16, stop_after_steps=6, warmup_steps=1))
+    model = SamModel.from_pretrained(tmp_path / "run" / "best")
+    scenes = recipe.Scenes("simple", "validation", 4, 128, 0)
+    expected = recipe.evaluate(model, scenes, processor_for_config(model.config))
+    reported = {}
+    for mode, selections in (("points", ["predicted_iou", "oracle"]), ("box", ["single"])):
+        output = tmp_path / f"{mode}.json"
+        command = ["evaluate", "--model", str(tmp_path / "run" / "best"), "--dataset", "simple", "--split",
+                   "validation", "--max_samples", "4", "--prompt_mode", mode, "--point_placement", "interior",
+                   "--no-cache_embeddings", "--output", str(output), "--selections", *selections]  # fmt: skip
+        assert cli.main(command) == 0
+        reported[mode] = json.loads(output.read_text())["scores"]
+    assert reported["points"]["predicted_iou"]["mean_iou"] == pytest.approx(expected["click_own"], abs=1e-6)
+    assert reported["points"]["oracle"]["mean_iou"] == pytest.approx(expected["click_best_of_3"], abs=1e-6)
+    assert reported["box"]["single"]["mean_iou"] == pytest.approx(expected["box"], abs=1e-6)
+    assert expected["click_own"] > 0  # a model that predicts nothing would agree trivially

@@ -23,8 +23,8 @@ def load_segmentation_dataset(
 
     Args:
         dataset_name (`str` or `os.PathLike`), in the order they are tried:
-            - the name of an embedded synthetic task (`SYNTHETIC_TASKS`: `generic`, `face_parts`, `banners`,
-              `plates`), generated deterministically with `synthetic_options` (e.g. `num_train`, `seed`);
+            - the name of an embedded synthetic task (`SYNTHETIC_TASKS`: `simple`, `generic`, `face_parts`,
+              `banners`, `plates`), generated deterministically with `synthetic_options` (e.g. `num_train`, `seed`);
             - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`;
             - a directory with `images/` and `masks/` sub-folders (paired by file name; see `load_image_mask_folder`);
             - any other local directory or file pattern `datasets.load_dataset` reads (parquet, json, imagefolder...);

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import SamConfig, SamModel
 
 from ..data.prompts import PromptConfig, prompt_rng, sample_object_prompts
+from ..evaluation import select_masks
 from ..losses import dice_loss
 from ..metrics import mask_iou
 from .sampling import augment, jitter_boxes, masks_to_boxes, sample_mask_pixels, sample_multi_clicks
@@ -380,12 +381,12 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
     """mIoU over every object of `scenes` with the deterministic prompts `sam-prompt-learner evaluate` uses.
 
     A click is one point drawn from the object's interior (`PromptConfig(point_placement="interior")` with
-    `prompt_rng(str(image_id), object index)`); `click_own` keeps the mask with the highest predicted IoU,
-    `click_best_of_3` the best mask (an oracle), `box` decodes the object's tight box with the single-mask output.
-    Logits are upsampled bilinearly to the image, as `SamProcessor.post_process_masks` does, and thresholded at 0.
-    `parts_own` / `parts_best_of_3` are the click scores over the objects that lie inside another object of their
-    image (parts of a nested whole, where a click is ambiguous): a gap between them says the IoU head, not the
-    masks, loses the part. Absent when the split has no such objects.
+    `prompt_rng(sample_id, object index)`); `click_own` keeps the mask with the highest predicted IoU,
+    `click_best_of_3` the best mask (an oracle, chosen on the logit grid), `box` decodes the object's tight box with
+    the single-mask output. Logits are upsampled bilinearly to the image, as `SamProcessor.post_process_masks`
+    does, and thresholded at 0. `parts_own` / `parts_best_of_3` are the click scores over the objects that lie inside
+    another object of their image (parts of a nested whole, where a click is ambiguous): a gap between them says
+    the IoU head, not the masks, loses the part. Absent when the split has no such objects.
     """
     was_training, device = model.training, model.device
     model.eval()
@@ -399,7 +400,7 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
         embeddings = model.get_image_embeddings(pixel_values)
         for batch_index, image_index in enumerate(indices):
             masks = scenes.object_masks(image_index)  # (M, S, S)
-            sample_id = str(int(scenes.image_ids[image_index]))
+            sample_id = scenes.sample_ids[image_index]
             prompts = [
                 sample_object_prompts(mask.numpy(), prompt_config, prompt_rng(sample_id, object_index))
                 for object_index, mask in enumerate(masks)
@@ -411,14 +412,17 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
                 image_embeddings=embedding, input_points=points[None].to(device), multimask_output=True
             )
             box_outputs = model(image_embeddings=embedding, input_boxes=boxes[None].to(device), multimask_output=False)
-            # (M, 3, S, S) and (M, 1, S, S), back on the CPU with the ground truth
-            click_logits = F.interpolate(click_outputs.pred_masks[0].float().cpu(), size=image_size, mode="bilinear")
-            box_logits = F.interpolate(box_outputs.pred_masks[0].float().cpu(), size=image_size, mode="bilinear")
-            click_ious = mask_iou(click_logits > 0, masks.unsqueeze(1).expand_as(click_logits))  # (M, 3)
-            own_choice = click_outputs.iou_scores[0].cpu().argmax(dim=1, keepdim=True)  # (M, 1)
-            ious["click_own"].append(click_ious.gather(1, own_choice).squeeze(1))
-            ious["click_best_of_3"].append(click_ious.max(dim=1).values)
-            ious["box"].append(mask_iou(box_logits[:, 0] > 0, masks))
+            # One mask per prompt on the logit grid, chosen as `sam-prompt-learner evaluate` chooses (the oracle on
+            # that grid too), then upsampled to the image and scored there: (1, M, 4E, 4E) each.
+            click_masks, click_scores = click_outputs.pred_masks.float().cpu(), click_outputs.iou_scores.float().cpu()
+            chosen = {
+                "click_own": select_masks(click_masks, click_scores, "predicted_iou"),
+                "click_best_of_3": select_masks(click_masks, click_scores, "oracle", labels=masks[None]),
+                "box": box_outputs.pred_masks.float().cpu()[:, :, 0],
+            }
+            for name, logits in chosen.items():
+                upsampled = F.interpolate(logits[0].unsqueeze(1), size=image_size, mode="bilinear")[:, 0]  # (M, S, S)
+                ious[name].append(mask_iou(upsampled > 0, masks))
             is_part.append(parts_of_nested_objects(masks))
     model.train(was_training)
     scores = {name: torch.cat(values) if values else torch.zeros(0) for name, values in ious.items()}

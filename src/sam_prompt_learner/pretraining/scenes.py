@@ -5,21 +5,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.synthetic import IMAGE_ID_STRIDE, SPLITS, generate_scene
+from ..data.synthetic import generate_scene
 
 
 class Scenes:
     """The first `count` rows of one split of an embedded synthetic task, in memory.
 
-    Rows are exactly those of `load_synthetic_task(task, seed=seed)` (same `generate_scene` calls and image ids), so
-    in-loop scores and `sam-prompt-learner evaluate` see the same images and prompts.
+    Rows are exactly those of `load_synthetic_task(task, seed=seed)` (same `generate_scene` calls), and each row's
+    evaluation prompts are drawn from its `sample_id` as `prepare_dataset` names it (the row index: the synthetic
+    sets have no id column), so in-loop scores and `sam-prompt-learner evaluate` see the same images and prompts.
 
     Attributes:
         task: the synthetic task's name.
         images: `(num_images, 3, S, S)` uint8.
         masks: `(num_objects, S, S)` bool, all objects of all images.
         first_object: `(num_images + 1,)` int64; image `i` owns `masks[first_object[i]:first_object[i + 1]]`.
-        image_ids: `(num_images,)` int64, the ids `load_synthetic_task` gives these rows.
+        sample_ids: `num_images` strings, the rows' `sample_id` after `prepare_dataset`.
     """
 
     def __init__(self, task: str, split: str, count: int, image_size: int, seed: int):
@@ -35,7 +36,7 @@ class Scenes:
         self.images = self.images.permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
         self.masks = torch.from_numpy(np.stack(masks) if masks else empty.astype(bool))
         self.first_object = torch.tensor([0, *np.cumsum(counts)], dtype=torch.int64)
-        self.image_ids = SPLITS.index(split) * IMAGE_ID_STRIDE + torch.arange(count)
+        self.sample_ids = [str(index) for index in range(count)]
 
     def __len__(self) -> int:
         return len(self.images)
