@@ -30,6 +30,8 @@ from PIL import Image
 from torch import nn
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .formats import upright
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -318,7 +320,9 @@ def _preprocess_row(
     if encoded_image is None:
         raise ValueError(f"Row {index}: the image column {image_column!r} is empty.")
     try:
-        image = image_decoder.decode_example(encoded_image)
+        # Upright as `prepare_dataset` reads images (and masks): older `datasets` versions decode without the EXIF
+        # orientation.
+        image = upright(image_decoder.decode_example(encoded_image))
         # (1, 3, S, S) pixel values, (1, 2) original and (1, 2) reshaped (height, width)
         return image_processor(images=image, return_tensors="pt")
     except _IMAGE_ERRORS as error:
