@@ -50,8 +50,10 @@ from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
     RunSummary,
+    detection_options,
     evaluation_collator,
     grid_examples,
+    hold_out_validation,
     load_model_and_processor,
     parse_config_overrides,
     plan_trainable,
@@ -91,11 +93,29 @@ def parse_args(argv=None):
     )
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_split", default="train")
-    data.add_argument("--eval_split", default="validation")
+    data.add_argument(
+        "--eval_split",
+        default="validation",
+        help="A dataset without a 'validation' split gets one held out of the train split (see below).",
+    )
+    data.add_argument(
+        "--validation_split_percentage",
+        type=float,
+        default=10,
+        help="Without a 'validation' split: the percentage of train rows held out as one, the same rows on every run "
+        "(0: none).",
+    )
     data.add_argument("--image_column", default=None, help="Detected from the features when omitted.")
     data.add_argument("--mask_column", default=None, help="Detected from the features when omitted.")
     data.add_argument("--annotation_format", default=None, choices=[f.value for f in AnnotationFormat])
     data.add_argument("--class_ids", type=int, nargs="+", default=None, help="Semantic maps: the object classes.")
+    data.add_argument(
+        "--mask_threshold",
+        type=float,
+        default=None,
+        help="Binary masks: foreground = value >= this (e.g. 128 for soft 8-bit masks). Default: non-zero for "
+        "two-valued masks, half range for JPEG masks; other masks with more than two values are refused.",
+    )
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--synthetic_num_train", type=int, default=None, help="Embedded tasks: training images.")
@@ -416,11 +436,10 @@ def load_data(args, accelerator):
     if args.dataset_name in SYNTHETIC_TASKS:
         synthetic_options = {"num_train": args.synthetic_num_train, "seed": 0}
     raw = load_segmentation_dataset(args.dataset_name, args.dataset_config_name, synthetic_options=synthetic_options)
-    detect = dict(
-        image_column=args.image_column, mask_column=args.mask_column, annotation_format=args.annotation_format
-    )
-    if args.class_ids:
-        detect["class_ids"] = args.class_ids
+    raw, held_out = hold_out_validation(raw, args.train_split, args.validation_split_percentage)
+    if held_out:
+        logger.info(held_out, main_process_only=True)
+    detect = detection_options(args)
     with accelerator.main_process_first():
         train_dataset, train_report = prepare_split(raw, args.train_split, max_samples=args.max_train_samples, **detect)
         eval_dataset, eval_report = prepare_split(raw, args.eval_split, max_samples=args.max_eval_samples, **detect)

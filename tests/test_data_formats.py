@@ -628,3 +628,19 @@ def test_jpeg_mask_is_thresholded_at_half_range_and_noted(mode, caplog):
     assert report.notes == {"jpeg_mask": 1} and report.counts == {}
     assert "note, 1 masks: jpeg_mask" in report.summary() and report.to_dict()["notes"] == {"jpeg_mask": 1}
     assert "jpeg_mask" in caplog.text
+
+
+def test_validation_is_held_out_of_train_the_same_way_every_time():
+    from sam_prompt_learner.training import hold_out_validation
+
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"sample_id": [str(i) for i in range(25)]})})
+    splits, message = hold_out_validation(raw, percentage=10)
+    held_out = list(splits["validation"]["sample_id"])
+    assert len(held_out) == 3 and "held out 3 of the 25 'train' rows" in message
+    assert sorted(held_out + list(splits["train"]["sample_id"])) == sorted(raw["train"]["sample_id"])
+    assert held_out != ["0", "1", "2"]  # drawn, not the first rows (a sorted folder's first files)
+    assert list(hold_out_validation(raw, percentage=10)[0]["validation"]["sample_id"]) == held_out
+    assert hold_out_validation(splits, percentage=10) == (splits, None)  # a validation split is kept
+    assert hold_out_validation(raw, percentage=0) == (raw, None)
+    with pytest.raises(ValueError, match="too few"):
+        hold_out_validation(datasets.DatasetDict({"train": raw["train"].select([0])}), percentage=10)

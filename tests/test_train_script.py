@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import save_tiny_sam
+from tiny import save_tiny_sam, write_image_mask_folder
 from transformers import AutoModel, AutoProcessor
 
 from sam_prompt_learner import SamPromptLearnerImageProcessor, SamPromptLearnerModel, load_trained_parts
@@ -171,3 +171,24 @@ def test_missing_model_directory_fails_before_loading_data(cache_dir, tmp_path):
     result = run(train_args(tmp_path / "nowhere", cache_dir, tmp_path / "out"), check=False)
     assert result.returncode != 0 and "no such directory" in result.stderr
     assert "Generating" not in result.stderr
+
+
+def test_a_folder_with_only_train_images_gets_a_held_out_validation_split(base_sam, cache_dir, tmp_path):
+    data = write_image_mask_folder(tmp_path / "data", 20)
+    result = run(
+        train_args(base_sam, cache_dir, tmp_path / "out", "--dataset_name", str(data), "--max_train_steps", "2")
+    )
+    assert "held out 2 of the 20 'train' rows" in result.stderr
+    skipped = json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped_data"]
+    assert (skipped["train"]["kept_images"], skipped["eval"]["kept_images"]) == (18, 2)
+
+
+def test_a_split_without_usable_images_stops_after_the_data_check_with_its_summary(base_sam, cache_dir, tmp_path):
+    data = write_image_mask_folder(tmp_path / "data", 4, empty_masks=True)
+    args = train_args(base_sam, cache_dir, tmp_path / "out", "--dataset_name", str(data), "--eval_split", "train",
+                      "--validation_split_percentage", "0")  # fmt: skip
+    result = run(args, check=False)
+    assert result.returncode != 0
+    assert "Split 'train' has no usable image" in result.stderr
+    assert "skipped 4 objects: empty_mask" in result.stderr and "Traceback" not in result.stderr
+    assert "Caching" not in result.stderr and not (tmp_path / "out" / "checkpoints").exists()
