@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
-from sam_prompt_learner.checkpointing import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from sam_prompt_learner.checkpointing import CheckpointError, TrainingState, resume, save_checkpoint
 from sam_prompt_learner.data import (
     PromptConfig,
     SamPromptCollator,
@@ -293,9 +293,11 @@ def main(argv=None):
 
     state = TrainingState()
     if args.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        try:
+            checkpoint, state = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
+        except CheckpointError as error:
+            raise SystemExit(f"train.py: error: {error}") from None
         if checkpoint is not None:
-            state = load_checkpoint(accelerator, checkpoint)
             logger.info(f"resumed from {checkpoint} at step {state.completed_steps}", main_process_only=True)
 
     # 5. Training.
@@ -303,7 +305,6 @@ def main(argv=None):
         range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process
     )
     eval_steps = args.eval_steps or steps_per_epoch
-    history = []
     started = time.perf_counter() - state.elapsed_seconds
     for epoch in range(state.epoch, num_epochs):
         model.train()
@@ -341,7 +342,7 @@ def main(argv=None):
                 eval_started = time.perf_counter()
                 scores = evaluate_model(model, eval_dataloader, accelerator)["predicted_iou"]
                 state.eval_seconds += time.perf_counter() - eval_started
-                history.append({"step": state.completed_steps, **scores})
+                state.history.append({"step": state.completed_steps, **scores})
                 logger.info(f"step {state.completed_steps}: {scores}", main_process_only=True)
                 if args.with_tracking:
                     accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=state.completed_steps)
@@ -379,7 +380,7 @@ def main(argv=None):
             train_wall_time_seconds=round(train_time, 2),
             eval_wall_time_seconds=round(state.eval_seconds, 2),
             zero_shot=zero_shot,
-            adapted={**adapted, "best_step": state.best_step, "history": history},
+            adapted={**adapted, "best_step": state.best_step, "history": state.history},
             skipped_data={"train": train_report.to_dict(), "eval": eval_report.to_dict()},
             settings={
                 "eval_split": args.eval_split,

@@ -192,3 +192,16 @@ def test_a_split_without_usable_images_stops_after_the_data_check_with_its_summa
     assert "Split 'train' has no usable image" in result.stderr
     assert "skipped 4 objects: empty_mask" in result.stderr and "Traceback" not in result.stderr
     assert "Caching" not in result.stderr and not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_resumed_run_keeps_the_evaluations_before_the_resume_point(base_sam, cache_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    common = ["--max_train_steps", "20", "--eval_steps", "5", "--checkpointing_steps", "10"]
+    run(train_args(base_sam, cache_dir, output_dir, *common))
+    uninterrupted = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
+    # The finished run keeps its step-10 checkpoint (none is written at the last step): resume from it.
+    (output_dir / "metrics.json").unlink()
+    run(train_args(base_sam, cache_dir, output_dir, *common, "--resume_from_checkpoint", "latest"))
+    resumed = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
+    assert [entry["step"] for entry in resumed] == [5, 10, 15, 20]
+    assert resumed == uninterrupted
