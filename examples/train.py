@@ -55,6 +55,7 @@ from sam_prompt_learner.training import (
     grid_examples,
     hold_out_validation,
     load_model_and_processor,
+    non_finite_loss,
     parse_config_overrides,
     plan_trainable,
     predict_grid_masks,
@@ -322,6 +323,8 @@ def main(argv=None):
                     prompt_mask=batch["prompt_mask"],
                     multimask_output=True,
                 )
+                if message := non_finite_loss(accelerator, output, state.completed_steps + 1):
+                    raise SystemExit(f"train.py: error: {message}")
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -205,3 +205,12 @@ def test_a_resumed_run_keeps_the_evaluations_before_the_resume_point(base_sam, c
     resumed = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
     assert [entry["step"] for entry in resumed] == [5, 10, 15, 20]
     assert resumed == uninterrupted
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss_terms(base_sam, cache_dir, tmp_path):
+    # A learning rate this large makes every weight the optimizer touches huge after one step: the second loss is NaN.
+    result = run(train_args(base_sam, cache_dir, tmp_path / "out", "--learning_rate", "1e30"), check=False)
+    assert result.returncode != 0
+    assert "the loss is not finite at step 2" in result.stderr
+    assert "point_matching_loss=nan" in result.stderr and "pred_boundary_points" in result.stderr
+    assert "Traceback" not in result.stderr

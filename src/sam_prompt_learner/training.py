@@ -220,6 +220,40 @@ def prepare_split(
     return normalized, report
 
 
+LOSS_TERMS = ("focal_loss", "dice_loss", "iou_loss", "point_matching_loss", "boundary_point_loss")
+CHECKED_OUTPUTS = ("pred_masks", "iou_scores", "pred_boundary_points")
+
+
+def non_finite_loss(accelerator: Accelerator, output, step: int) -> str | None:
+    """
+    `None` when the loss of every process is finite; else what to tell the user: the step, every loss term, and which
+    of the model's outputs (masks, IoU scores, the point-matching head's points) hold non-finite values. Every
+    process takes part (so that all stop together, none waiting for the others in a gradient all-reduce).
+
+    Args:
+        accelerator (`Accelerator`): the run's accelerator.
+        output ([`SamPromptLearnerOutput`]): the training forward's output, with its loss terms.
+        step (`int`): the optimizer step being computed (1-based), for the message.
+    """
+    finite = torch.isfinite(output.loss.detach()).reshape(1)
+    if accelerator.gather(finite).all():
+        return None
+    terms = ", ".join(
+        f"{name}={getattr(output, name).item():.4g}" for name in LOSS_TERMS if getattr(output, name) is not None
+    )
+    bad_outputs = [
+        name
+        for name in CHECKED_OUTPUTS
+        if getattr(output, name) is not None and not torch.isfinite(getattr(output, name)).all()
+    ]
+    where = f"non-finite values in {', '.join(bad_outputs)}" if bad_outputs else "the model's outputs are finite"
+    return (
+        f"the loss is not finite at step {step} (process {accelerator.process_index}): loss={output.loss.item():.4g} "
+        f"({terms}); {where}. Training stopped; the checkpoints written so far are from before. Lower "
+        "--learning_rate, or check the data and --config_overrides loss weights."
+    )
+
+
 @dataclass
 class RunSummary:
     """What `metrics.json` holds."""
