@@ -19,7 +19,6 @@ The recipe:
 import argparse
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from sam_prompt_learner.embedded import embedded_model_path
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
 from sam_prompt_learner.hub import PushToHubError, push_to_hub
 from sam_prompt_learner.lora import LORA_TARGETS
+from sam_prompt_learner.run_lock import LOCK_NAME, OutputDirInUseError, clear_output_dir, lock_output_dir
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
@@ -204,7 +204,11 @@ def parse_args(argv=None):
         parser.error(str(error))
     if args.plan.encoder_trains and args.cache_embeddings:
         args.cache_embeddings = False  # gradients must flow through the encoder
-    if args.resume_from_checkpoint is None and args.output_dir.exists() and any(args.output_dir.iterdir()):
+    if (
+        args.resume_from_checkpoint is None
+        and args.output_dir.exists()
+        and any(entry.name != LOCK_NAME for entry in args.output_dir.iterdir())
+    ):
         if not args.overwrite_output_dir:
             parser.error(
                 f"--output_dir {args.output_dir} is not empty: pass --overwrite_output_dir or "
@@ -229,9 +233,12 @@ def main(argv=None):
         datasets.utils.logging.set_verbosity_error()
     set_seed(args.seed)
     if accelerator.is_main_process:
-        if args.overwrite_output_dir and args.resume_from_checkpoint is None and args.output_dir.exists():
-            shutil.rmtree(args.output_dir)
-        args.output_dir.mkdir(parents=True, exist_ok=True)
+        try:  # before anything in the directory changes; held until this process ends
+            lock_output_dir(args.output_dir)
+        except OutputDirInUseError as error:
+            raise SystemExit(f"train.py: error: {error}") from None
+        if args.overwrite_output_dir and args.resume_from_checkpoint is None:
+            clear_output_dir(args.output_dir)
     accelerator.wait_for_everyone()
 
     # 1-2. Model and data; a wrong path, id, column or split stops here, before any heavy work.
