@@ -45,7 +45,7 @@ from sam_prompt_learner.embedded import embedded_model_path
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
 from sam_prompt_learner.hub import PushToHubError, push_to_hub
 from sam_prompt_learner.lora import LORA_TARGETS
-from sam_prompt_learner.run_lock import LOCK_NAME, OutputDirInUseError, clear_output_dir, lock_output_dir
+from sam_prompt_learner.run_lock import LOCK_NAME, DirectoryInUseError, clear_output_dir, lock_directory
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
@@ -234,9 +234,11 @@ def main(argv=None):
     set_seed(args.seed)
     if accelerator.is_main_process:
         try:  # before anything in the directory changes; held until this process ends
-            lock_output_dir(args.output_dir)
-        except OutputDirInUseError as error:
-            raise SystemExit(f"train.py: error: {error}") from None
+            lock_directory(args.output_dir)
+        except DirectoryInUseError as error:
+            raise SystemExit(
+                f"train.py: error: --output_dir {error} Wait for that run to end, or choose another --output_dir."
+            ) from None
         if args.overwrite_output_dir and args.resume_from_checkpoint is None:
             clear_output_dir(args.output_dir)
     accelerator.wait_for_everyone()

@@ -217,13 +217,13 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss_terms(base
 
 
 def test_a_second_run_on_a_busy_output_dir_is_refused_and_deletes_nothing(base_sam, cache_dir, tmp_path):
-    from sam_prompt_learner.run_lock import lock_output_dir
+    from sam_prompt_learner.run_lock import lock_directory
 
     output_dir = tmp_path / "busy"
-    lock = lock_output_dir(output_dir)  # this test process plays the run in progress
+    lock = lock_directory(output_dir)  # this test process plays the run in progress
     (output_dir / "model.safetensors").write_bytes(b"weights of the run in progress")
     result = run(train_args(base_sam, cache_dir, output_dir, "--overwrite_output_dir"), check=False)
     lock.close()
     assert result.returncode != 0
-    assert f"is in use by another run (pid {os.getpid()} on" in result.stderr
+    assert f"is in use by another process (pid {os.getpid()} on" in result.stderr
     assert (output_dir / "model.safetensors").read_bytes() == b"weights of the run in progress"

@@ -1,11 +1,13 @@
-"""One run per output directory: an exclusive lock on a file inside it, held for as long as the run's process lives.
+"""One process per directory: an exclusive lock on a file inside it, held for as long as the process lives.
 
 Two runs writing one `output_dir` would overwrite each other's weights, delete each other's checkpoints (each keeps
-only its newest) or crash one another mid-run. [`lock_output_dir`] takes an exclusive `flock` on
-`output_dir/.sam_prompt_learner.lock` before anything in the directory is changed; a second run is refused with a
-message naming the holder. The operating system releases the lock when the process ends, however it ends (a crash, a
-kill), so no stale lock is ever left to clean up. `flock` locks are advisory and local to one machine: they protect a
-directory from runs on the same machine (on network file systems, depending on the server, across machines too).
+only its newest) or crash one another mid-run. `examples/train.py` takes an exclusive `flock` on
+`output_dir/.sam_prompt_learner.lock` ([`lock_directory`]) before anything in the directory is changed; a second run
+is refused with a message naming the holder. The embedding cache locks its build directories the same way, so that a
+build killed midway is recognized, and cleaned up, by the next one. The operating system releases the lock when the
+process ends, however it ends (a crash, a kill), so no stale lock is ever left to clean up. `flock` locks are advisory
+and local to one machine: they protect a directory from runs on the same machine (on network file systems, depending
+on the server, across machines too).
 """
 
 import datetime
@@ -21,25 +23,25 @@ LOCK_NAME = ".sam_prompt_learner.lock"
 _held_locks: dict[Path, IO[str]] = {}
 
 
-class OutputDirInUseError(RuntimeError):
-    """Another run holds the lock of this output directory."""
+class DirectoryInUseError(RuntimeError):
+    """Another process holds the lock of this directory."""
 
 
-def lock_output_dir(output_dir: str | os.PathLike) -> IO[str]:
+def lock_directory(directory: str | os.PathLike) -> IO[str]:
     """
-    Create `output_dir` if needed and lock it for this process.
+    Create `directory` if needed and lock it for this process.
 
     Args:
-        output_dir (`str` or `os.PathLike`): the run's output directory.
+        directory (`str` or `os.PathLike`): e.g. a run's output directory.
 
     Returns:
         The open lock file, which records the holder's process id, host and start time for the message a second run
         gets. The lock is held until the process ends, or until this file is closed.
 
     Raises:
-        [`OutputDirInUseError`]: when another process holds the lock, naming it.
+        [`DirectoryInUseError`]: when another process holds the lock, naming it.
     """
-    path = Path(output_dir) / LOCK_NAME
+    path = Path(directory) / LOCK_NAME
     held = _held_locks.get(path.resolve())
     if held is not None and not held.closed:  # this process locked it already
         return held
@@ -51,9 +53,7 @@ def lock_output_dir(output_dir: str | os.PathLike) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise OutputDirInUseError(
-            f"{output_dir} is in use by another run ({holder}): wait for it to end, or choose another --output_dir."
-        ) from None
+        raise DirectoryInUseError(f"{directory} is in use by another process ({holder}).") from None
     handle.seek(0)
     handle.truncate()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
