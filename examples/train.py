@@ -187,6 +187,8 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1")
     if args.learning_rate <= 0:
         parser.error("--learning_rate must be > 0")
+    if not 0 <= args.validation_split_percentage < 100:
+        parser.error("--validation_split_percentage must be in [0, 100)")
     try:
         args.config_overrides = parse_config_overrides(args.config_overrides)
         args.plan = plan_trainable(args.trainable, args.lora_targets)

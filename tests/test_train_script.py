@@ -153,6 +153,7 @@ def test_lora_run_saves_a_merged_model_and_the_adapter_and_a_failed_push_keeps_t
         (["--trainable", "decoder"], "invalid choice"),
         (["--trainable", "lora", "mask_decoder"], "cannot be combined"),
         (["--learning_rate", "0"], "--learning_rate must be > 0"),
+        (["--validation_split_percentage", "100"], "--validation_split_percentage must be in [0, 100)"),
         (["--num_positive_points", "3", "1"], "num_positive_points"),
         (["--eval_split", "dev"], "Split 'dev' not found"),
         (["--image_column", "picture"], "picture"),
