@@ -24,7 +24,7 @@ if len(sys.argv) > 2:
 
 
 def try_lock(directory):
-    return subprocess.run([sys.executable, "-c", TRY_LOCK, str(directory)], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", TRY_LOCK, str(directory)], capture_output=True, text=True, timeout=600)
 
 
 def test_a_second_process_is_refused_until_the_first_releases_the_lock(tmp_path):
