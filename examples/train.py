@@ -19,7 +19,6 @@ The recipe:
 import argparse
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
-from sam_prompt_learner.checkpointing import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from sam_prompt_learner.checkpointing import CheckpointError, TrainingState, resume, save_checkpoint
 from sam_prompt_learner.data import (
     PromptConfig,
     SamPromptCollator,
@@ -46,13 +45,17 @@ from sam_prompt_learner.embedded import embedded_model_path
 from sam_prompt_learner.evaluation import evaluate_model, model_inputs
 from sam_prompt_learner.hub import PushToHubError, push_to_hub
 from sam_prompt_learner.lora import LORA_TARGETS
+from sam_prompt_learner.run_lock import LOCK_NAME, DirectoryInUseError, clear_output_dir, lock_directory
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
     RunSummary,
+    detection_options,
     evaluation_collator,
     grid_examples,
+    hold_out_validation,
     load_model_and_processor,
+    non_finite_loss,
     parse_config_overrides,
     plan_trainable,
     predict_grid_masks,
@@ -91,11 +94,29 @@ def parse_args(argv=None):
     )
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--train_split", default="train")
-    data.add_argument("--eval_split", default="validation")
+    data.add_argument(
+        "--eval_split",
+        default="validation",
+        help="A dataset without a 'validation' split gets one held out of the train split (see below).",
+    )
+    data.add_argument(
+        "--validation_split_percentage",
+        type=float,
+        default=10,
+        help="Without a 'validation' split: the percentage of train rows held out as one, the same rows on every run "
+        "(0: none).",
+    )
     data.add_argument("--image_column", default=None, help="Detected from the features when omitted.")
     data.add_argument("--mask_column", default=None, help="Detected from the features when omitted.")
     data.add_argument("--annotation_format", default=None, choices=[f.value for f in AnnotationFormat])
     data.add_argument("--class_ids", type=int, nargs="+", default=None, help="Semantic maps: the object classes.")
+    data.add_argument(
+        "--mask_threshold",
+        type=float,
+        default=None,
+        help="Binary masks: foreground = value >= this (e.g. 128 for soft 8-bit masks). Default: non-zero for "
+        "two-valued masks, half range for JPEG masks; other masks with more than two values are refused.",
+    )
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--synthetic_num_train", type=int, default=None, help="Embedded tasks: training images.")
@@ -166,6 +187,8 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1")
     if args.learning_rate <= 0:
         parser.error("--learning_rate must be > 0")
+    if not 0 <= args.validation_split_percentage < 100:
+        parser.error("--validation_split_percentage must be in [0, 100)")
     try:
         args.config_overrides = parse_config_overrides(args.config_overrides)
         args.plan = plan_trainable(args.trainable, args.lora_targets)
@@ -183,7 +206,11 @@ def parse_args(argv=None):
         parser.error(str(error))
     if args.plan.encoder_trains and args.cache_embeddings:
         args.cache_embeddings = False  # gradients must flow through the encoder
-    if args.resume_from_checkpoint is None and args.output_dir.exists() and any(args.output_dir.iterdir()):
+    if (
+        args.resume_from_checkpoint is None
+        and args.output_dir.exists()
+        and any(entry.name != LOCK_NAME for entry in args.output_dir.iterdir())
+    ):
         if not args.overwrite_output_dir:
             parser.error(
                 f"--output_dir {args.output_dir} is not empty: pass --overwrite_output_dir or "
@@ -208,9 +235,14 @@ def main(argv=None):
         datasets.utils.logging.set_verbosity_error()
     set_seed(args.seed)
     if accelerator.is_main_process:
-        if args.overwrite_output_dir and args.resume_from_checkpoint is None and args.output_dir.exists():
-            shutil.rmtree(args.output_dir)
-        args.output_dir.mkdir(parents=True, exist_ok=True)
+        try:  # before anything in the directory changes; held until this process ends
+            lock_directory(args.output_dir)
+        except DirectoryInUseError as error:
+            raise SystemExit(
+                f"train.py: error: --output_dir {error} Wait for that run to end, or choose another --output_dir."
+            ) from None
+        if args.overwrite_output_dir and args.resume_from_checkpoint is None:
+            clear_output_dir(args.output_dir)
     accelerator.wait_for_everyone()
 
     # 1-2. Model and data; a wrong path, id, column or split stops here, before any heavy work.
@@ -273,9 +305,11 @@ def main(argv=None):
 
     state = TrainingState()
     if args.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        try:
+            checkpoint, state = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
+        except CheckpointError as error:
+            raise SystemExit(f"train.py: error: {error}") from None
         if checkpoint is not None:
-            state = load_checkpoint(accelerator, checkpoint)
             logger.info(f"resumed from {checkpoint} at step {state.completed_steps}", main_process_only=True)
 
     # 5. Training.
@@ -283,7 +317,6 @@ def main(argv=None):
         range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process
     )
     eval_steps = args.eval_steps or steps_per_epoch
-    history = []
     started = time.perf_counter() - state.elapsed_seconds
     for epoch in range(state.epoch, num_epochs):
         model.train()
@@ -301,6 +334,8 @@ def main(argv=None):
                     prompt_mask=batch["prompt_mask"],
                     multimask_output=True,
                 )
+                if message := non_finite_loss(accelerator, output, state.completed_steps + 1):
+                    raise SystemExit(f"train.py: error: {message}")
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -321,7 +356,7 @@ def main(argv=None):
                 eval_started = time.perf_counter()
                 scores = evaluate_model(model, eval_dataloader, accelerator)["predicted_iou"]
                 state.eval_seconds += time.perf_counter() - eval_started
-                history.append({"step": state.completed_steps, **scores})
+                state.history.append({"step": state.completed_steps, **scores})
                 logger.info(f"step {state.completed_steps}: {scores}", main_process_only=True)
                 if args.with_tracking:
                     accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=state.completed_steps)
@@ -359,7 +394,7 @@ def main(argv=None):
             train_wall_time_seconds=round(train_time, 2),
             eval_wall_time_seconds=round(state.eval_seconds, 2),
             zero_shot=zero_shot,
-            adapted={**adapted, "best_step": state.best_step, "history": history},
+            adapted={**adapted, "best_step": state.best_step, "history": state.history},
             skipped_data={"train": train_report.to_dict(), "eval": eval_report.to_dict()},
             settings={
                 "eval_split": args.eval_split,
@@ -416,11 +451,10 @@ def load_data(args, accelerator):
     if args.dataset_name in SYNTHETIC_TASKS:
         synthetic_options = {"num_train": args.synthetic_num_train, "seed": 0}
     raw = load_segmentation_dataset(args.dataset_name, args.dataset_config_name, synthetic_options=synthetic_options)
-    detect = dict(
-        image_column=args.image_column, mask_column=args.mask_column, annotation_format=args.annotation_format
-    )
-    if args.class_ids:
-        detect["class_ids"] = args.class_ids
+    raw, held_out = hold_out_validation(raw, args.train_split, args.validation_split_percentage)
+    if held_out:
+        logger.info(held_out, main_process_only=True)
+    detect = detection_options(args)
     with accelerator.main_process_first():
         train_dataset, train_report = prepare_split(raw, args.train_split, max_samples=args.max_train_samples, **detect)
         eval_dataset, eval_report = prepare_split(raw, args.eval_split, max_samples=args.max_eval_samples, **detect)

@@ -270,3 +270,67 @@ def test_training_step_from_the_cache_equals_training_from_pixels(tmp_path):
     assert cached_gradients.keys() == pixel_gradients.keys() and cached_gradients
     for name, gradient in cached_gradients.items():
         torch.testing.assert_close(gradient, pixel_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_byte", "no_checksum_record"])
+def test_a_damaged_cache_is_rebuilt_not_reused(model, dataset, damage, caplog):
+    first = build_embedding_cache(dataset, model, tiny_image_processor())
+    (cache_file,) = embedding_cache_files(first)
+    expected = first[:][IMAGE_EMBEDDINGS_COLUMN].clone()
+    del first  # memory-maps the file, which is damaged below
+    content = bytearray(open(cache_file, "rb").read())
+    if damage == "truncate":  # a copy cut short, a disk that filled up
+        content = content[: len(content) // 2]
+    elif damage == "flip_a_byte":  # the embedding of one image silently changed
+        content[-100] ^= 0xFF
+    with open(cache_file + ".damaged", "wb") as handle:
+        handle.write(content)
+    os.replace(cache_file + ".damaged", cache_file)
+    if damage == "no_checksum_record":  # a file written by a build killed before it was recorded
+        os.unlink(cache_file.replace(".arrow", ".sha256.json"))
+
+    with count_encoded_images(model) as encoded:
+        rebuilt = build_embedding_cache(dataset, model, tiny_image_processor())
+    assert encoded[0] == len(dataset)
+    assert f"Rebuilding the embedding cache {cache_file}" in caplog.text
+    torch.testing.assert_close(rebuilt[:][IMAGE_EMBEDDINGS_COLUMN], expected)
+    with count_encoded_images(model) as encoded:
+        build_embedding_cache(dataset, model, tiny_image_processor())
+    assert encoded[0] == 0  # the rebuilt file verifies
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_does_not_remove(model, dataset, tmp_path):
+    import subprocess
+    import sys
+
+    cache_dir = tmp_path / "cache"
+    # A build killed midway: its directory and `datasets`' temporary file, with no living process holding its lock.
+    abandoned = cache_dir / ".building-image_embeddings-0123-99999"
+    abandoned.mkdir(parents=True)
+    (abandoned / "tmpk1ll3d").write_bytes(b"\0" * 2**20)
+    # A build in progress in another process: left alone.
+    hold = "import sys; from sam_prompt_learner.run_lock import lock_directory; lock_directory(sys.argv[1]); "
+    hold += "print('locked', flush=True); sys.stdin.read()"
+    in_progress = cache_dir / ".building-image_embeddings-4567-1"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(in_progress)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cached = build_embedding_cache(dataset, model, tiny_image_processor(), cache_dir=cache_dir)
+        assert len(cached) == len(dataset)
+        assert sorted(entry.name for entry in cache_dir.iterdir() if entry.name.startswith(".")) == [in_progress.name]
+        assert sorted(entry.suffix for entry in cache_dir.iterdir() if not entry.name.startswith(".")) == [
+            ".arrow",
+            ".json",
+        ]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_non_finite_embeddings_name_their_row(model, dataset):
+    overflowing = copy.deepcopy(model)
+    with torch.no_grad():
+        overflowing.vision_encoder.neck.layer_norm2.bias.fill_(1e6)  # beyond float16's 65504
+    with pytest.raises(ValueError, match=r"Row 0: the vision encoder gave non-finite image embeddings \(in float16\)"):
+        build_embedding_cache(dataset, overflowing, tiny_image_processor(), dtype=torch.float16)

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from tiny import save_tiny_sam
+from tiny import save_tiny_sam, write_image_mask_folder
 
 from sam_prompt_learner import SamPromptLearnerModel
 from sam_prompt_learner.cli import main
@@ -45,3 +45,14 @@ def test_evaluate_reports_bad_input_clearly(base_sam, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", str(base_sam), "--dataset", "plates", "--batch_size", "0"])
     assert "--batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_evaluate_on_a_folder_lists_its_splits_or_scores_the_rows_train_holds_out(base_sam, tmp_path, capsys):
+    data = write_image_mask_folder(tmp_path / "data", 10)
+    common = ["evaluate", "--model", str(base_sam), "--dataset", str(data), "--no-cache_embeddings"]
+    assert main(common) == 2  # the default split is "test"
+    assert "Split 'test' not found; the dataset has ['train']" in capsys.readouterr().err
+    assert main([*common, "--split", "validation", "--output", str(tmp_path / "scores.json")]) == 0
+    assert "held out 1 of the 10 'train' rows" in capsys.readouterr().err
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["split"] == "validation" and scores["scores"]["predicted_iou"]["num_objects"] == 1

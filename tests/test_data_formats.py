@@ -499,6 +499,148 @@ def test_image_mask_folder(tmp_path):
         == (tmp_path / "images" / "a.jpg").read_bytes()
     )
 
-    (tmp_path / "images" / "c.png").write_bytes(png_bytes(random_image()))
-    with pytest.raises(ValueError, match=r"no matching masks .*\['c'\]"):
-        load_image_mask_folder(tmp_path)
+
+def test_image_mask_folder_counts_images_without_masks_and_masks_without_images(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ("a", "c"):
+        random_image().save(tmp_path / "images" / f"{stem}.png")
+    for stem in ("a", "d"):
+        Image.fromarray(rectangle(1, 1, 5, 5).astype(np.uint8) * 255).save(tmp_path / "masks" / f"{stem}.png")
+
+    normalized, report = prepare_dataset(load_image_mask_folder(tmp_path))
+    assert normalized["sample_id"] == ["a"]
+    assert report.counts == {"missing_mask": 1, "missing_image": 1}
+    assert report.examples == {"missing_mask": ["c"], "missing_image": ["d"]}
+    assert "skipped 1 rows: missing_mask" in report.summary()
+    with pytest.raises(ValueError, match="'c': missing_mask"):
+        prepare_dataset(load_image_mask_folder(tmp_path), on_invalid="raise")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EXIF orientation and mask values
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rotated_jpeg(upright_image: Image.Image) -> bytes:
+    """A JPEG as a phone held upright writes it: the pixels stored a quarter turn off, with EXIF orientation 6
+    ("rotate 90 degrees clockwise to display")."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    upright_image.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied_by_the_data_check_the_cache_the_collator_and_predict(tmp_path):
+    from tiny import tiny_config
+    from transformers import SamModel
+
+    from sam_prompt_learner.data import PromptConfig, SamPromptCollator, build_embedding_cache, masks_to_padded_frame
+    from sam_prompt_learner.inference import predict_mask
+    from sam_prompt_learner.processing import processor_for_config
+
+    height, width = 48, 32  # portrait: a quarter turn changes the shape, so any reader that skips it is caught
+    jpeg = rotated_jpeg(random_image(height, width))
+    shown = to_rgb(Image.open(io.BytesIO(jpeg)))  # the image as viewers show it (JPEG-decoded)
+    assert (shown.height, shown.width) == (height, width)
+    truth = rectangle(4, 2, 40, 12, height, width)  # drawn on the upright image, as annotation tools show it
+    raw = datasets.Dataset.from_dict(
+        {"image": [{"bytes": jpeg, "path": None}], "mask": [png_bytes(Image.fromarray(truth.astype(np.uint8) * 255))]}
+    ).cast_column("image", datasets.Image())
+    raw = raw.cast_column("mask", datasets.Image())
+
+    normalized, report = prepare_dataset(raw)
+    assert (report.kept_objects, report.counts) == (1, {})
+    np.testing.assert_array_equal(np.asarray(normalized[0]["image"]), np.asarray(shown))
+    np.testing.assert_array_equal(decoded_masks(normalized)[0][0], truth)
+
+    torch.manual_seed(0)
+    model = SamModel(tiny_config()).eval()
+    processor = processor_for_config(model.config)
+    expected_embeddings = model.get_image_embeddings(processor(images=shown, return_tensors="pt")["pixel_values"])
+    for source in (normalized, raw):  # the cache reads the normalized rows and the raw rotated JPEG alike
+        cached = build_embedding_cache(source, model, processor.image_processor, cache_dir=tmp_path)
+        assert cached[0]["original_sizes"].tolist() == [height, width]
+        torch.testing.assert_close(cached[0]["image_embeddings"], expected_embeddings[0])
+
+    collator = SamPromptCollator(processor, PromptConfig(mode_weights={"box": 1.0}), training=False)
+    batch = collator([normalized[0]])
+    assert batch["original_sizes"].tolist() == [[height, width]]
+    torch.testing.assert_close(batch["pixel_values"], processor(images=shown, return_tensors="pt")["pixel_values"])
+    reshaped = tuple(batch["reshaped_input_sizes"][0].tolist())
+    expected_labels = masks_to_padded_frame(truth[None], reshaped, collator.image_size, collator.mask_size)
+    torch.testing.assert_close(batch["labels"][0], expected_labels)
+
+    # predict reads a user's `Image.open` upright too: the mask is in the frame the prompt was given in.
+    result = predict_mask(model, processor, Image.open(io.BytesIO(jpeg)), box=(2, 4, 11, 39))
+    assert result.mask.shape == (height, width)
+
+
+def mask_dataset(masks, fmt="PNG", column="mask") -> datasets.Dataset:
+    encoded = []
+    for mask in masks:
+        buffer = io.BytesIO()
+        Image.fromarray(mask).save(buffer, format=fmt, **({"quality": 75} if fmt == "JPEG" else {}))
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    dataset = datasets.Dataset.from_dict(
+        {"sample_id": [f"m{index}" for index in range(len(masks))], "image": [random_image()] * len(masks),
+         column: encoded}
+    )  # fmt: skip
+    return dataset.cast_column("image", datasets.Image()).cast_column(column, datasets.Image())
+
+
+def test_id_map_in_a_binary_mask_column_is_refused_naming_the_options():
+    id_map = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    id_map[1:5, 1:5], id_map[8:12, 8:20], id_map[15:20, 2:6] = 1, 2, 3
+    dataset = mask_dataset([rectangle(1, 1, 5, 5).astype(np.uint8), id_map])
+    for on_invalid in ("skip", "raise"):  # not one bad row to skip: every row of such a column is wrong
+        with pytest.raises(ValueError, match=r"'m1': binary mask column 'mask' holds 4 values \(0, 1, 2, 3\)") as error:
+            prepare_dataset(dataset, on_invalid=on_invalid)
+        assert "--annotation_format instance_map" in str(error.value) and "--mask_threshold" in str(error.value)
+    normalized, _ = prepare_dataset(dataset, annotation_format="instance_map")
+    assert [len(masks) for masks in normalized["masks"]] == [1, 3]
+
+
+def test_soft_mask_is_refused_or_thresholded_where_the_user_says():
+    soft = rectangle(4, 4, 16, 20).astype(np.uint8) * 255
+    soft[3, 4:20] = 100  # an anti-aliased edge
+    soft[16, 4:20] = 30
+    with pytest.raises(ValueError, match="mask_threshold"):
+        prepare_dataset(mask_dataset([soft]))
+    normalized, _ = prepare_dataset(mask_dataset([soft]), mask_threshold=128)
+    np.testing.assert_array_equal(decoded_masks(normalized)[0][0], rectangle(4, 4, 16, 20))
+    with pytest.raises(ValueError, match="only applies to binary masks"):
+        AnnotationSpec(annotation_format="instance_map", image_column="image", mask_column="m", mask_threshold=1)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_jpeg_mask_is_thresholded_at_half_range_and_noted(mode, caplog):
+    truth = rectangle(3, 5, 19, 23)
+    mask = truth.astype(np.uint8) * 255
+    mask = mask if mode == "L" else np.repeat(mask[..., None], 3, axis=-1)
+    dataset = mask_dataset([mask], fmt="JPEG")
+    stored_bytes = dataset.cast_column("mask", datasets.Image(decode=False))[0]["mask"]["bytes"]
+    stored = np.asarray(Image.open(io.BytesIO(stored_bytes)))
+    assert len(np.unique(stored)) > 2  # the compression noise is there
+    normalized, report = prepare_dataset(dataset)
+    np.testing.assert_array_equal(decoded_masks(normalized)[0][0], truth)
+    assert report.notes == {"jpeg_mask": 1} and report.counts == {}
+    assert "note, 1 masks: jpeg_mask" in report.summary() and report.to_dict()["notes"] == {"jpeg_mask": 1}
+    assert "jpeg_mask" in caplog.text
+
+
+def test_validation_is_held_out_of_train_the_same_way_every_time():
+    from sam_prompt_learner.training import hold_out_validation
+
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"sample_id": [str(i) for i in range(25)]})})
+    splits, message = hold_out_validation(raw, percentage=10)
+    held_out = list(splits["validation"]["sample_id"])
+    assert len(held_out) == 3 and "held out 3 of the 25 'train' rows" in message
+    assert sorted(held_out + list(splits["train"]["sample_id"])) == sorted(raw["train"]["sample_id"])
+    assert held_out != ["0", "1", "2"]  # drawn, not the first rows (a sorted folder's first files)
+    assert list(hold_out_validation(raw, percentage=10)[0]["validation"]["sample_id"]) == held_out
+    assert hold_out_validation(splits, percentage=10) == (splits, None)  # a validation split is kept
+    assert hold_out_validation(raw, percentage=0) == (raw, None)
+    with pytest.raises(ValueError, match="too few"):
+        hold_out_validation(datasets.DatasetDict({"train": raw["train"].select([0])}), percentage=10)

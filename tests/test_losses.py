@@ -113,3 +113,11 @@ def test_contour_sampling_is_farthest_point_sampling_from_the_first_contour_pixe
             expected.append(contour[distance.argmax()])
         torch.testing.assert_close(sampled, torch.stack(expected))
     assert has_contour.all()
+
+
+def test_hungarian_point_loss_of_non_finite_points_is_non_finite_instead_of_a_scipy_error():
+    predicted = torch.rand(3, 4, 2)
+    predicted[1, 2, 0] = float("nan")
+    predicted[2, 0, 1] = float("inf")
+    loss = hungarian_point_loss(predicted, torch.rand(3, 4, 2))
+    assert torch.isfinite(loss[0]) and not torch.isfinite(loss[1:]).any()

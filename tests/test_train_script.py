@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import save_tiny_sam
+from tiny import save_tiny_sam, write_image_mask_folder
 from transformers import AutoModel, AutoProcessor
 
 from sam_prompt_learner import SamPromptLearnerImageProcessor, SamPromptLearnerModel, load_trained_parts
@@ -153,6 +153,7 @@ def test_lora_run_saves_a_merged_model_and_the_adapter_and_a_failed_push_keeps_t
         (["--trainable", "decoder"], "invalid choice"),
         (["--trainable", "lora", "mask_decoder"], "cannot be combined"),
         (["--learning_rate", "0"], "--learning_rate must be > 0"),
+        (["--validation_split_percentage", "100"], "--validation_split_percentage must be in [0, 100)"),
         (["--num_positive_points", "3", "1"], "num_positive_points"),
         (["--eval_split", "dev"], "Split 'dev' not found"),
         (["--image_column", "picture"], "picture"),
@@ -171,3 +172,59 @@ def test_missing_model_directory_fails_before_loading_data(cache_dir, tmp_path):
     result = run(train_args(tmp_path / "nowhere", cache_dir, tmp_path / "out"), check=False)
     assert result.returncode != 0 and "no such directory" in result.stderr
     assert "Generating" not in result.stderr
+
+
+def test_a_folder_with_only_train_images_gets_a_held_out_validation_split(base_sam, cache_dir, tmp_path):
+    data = write_image_mask_folder(tmp_path / "data", 20)
+    result = run(
+        train_args(base_sam, cache_dir, tmp_path / "out", "--dataset_name", str(data), "--max_train_steps", "2")
+    )
+    assert "held out 2 of the 20 'train' rows" in result.stderr
+    skipped = json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped_data"]
+    assert (skipped["train"]["kept_images"], skipped["eval"]["kept_images"]) == (18, 2)
+
+
+def test_a_split_without_usable_images_stops_after_the_data_check_with_its_summary(base_sam, cache_dir, tmp_path):
+    data = write_image_mask_folder(tmp_path / "data", 4, empty_masks=True)
+    args = train_args(base_sam, cache_dir, tmp_path / "out", "--dataset_name", str(data), "--eval_split", "train",
+                      "--validation_split_percentage", "0")  # fmt: skip
+    result = run(args, check=False)
+    assert result.returncode != 0
+    assert "Split 'train' has no usable image" in result.stderr
+    assert "skipped 4 objects: empty_mask" in result.stderr and "Traceback" not in result.stderr
+    assert "Caching" not in result.stderr and not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_resumed_run_keeps_the_evaluations_before_the_resume_point(base_sam, cache_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    common = ["--max_train_steps", "20", "--eval_steps", "5", "--checkpointing_steps", "10"]
+    run(train_args(base_sam, cache_dir, output_dir, *common))
+    uninterrupted = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
+    # The finished run keeps its step-10 checkpoint (none is written at the last step): resume from it.
+    (output_dir / "metrics.json").unlink()
+    run(train_args(base_sam, cache_dir, output_dir, *common, "--resume_from_checkpoint", "latest"))
+    resumed = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
+    assert [entry["step"] for entry in resumed] == [5, 10, 15, 20]
+    assert resumed == uninterrupted
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss_terms(base_sam, cache_dir, tmp_path):
+    # A learning rate this large makes every weight the optimizer touches huge after one step: the second loss is NaN.
+    result = run(train_args(base_sam, cache_dir, tmp_path / "out", "--learning_rate", "1e30"), check=False)
+    assert result.returncode != 0
+    assert "the loss is not finite at step 2" in result.stderr
+    assert "point_matching_loss=nan" in result.stderr and "pred_boundary_points" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_second_run_on_a_busy_output_dir_is_refused_and_deletes_nothing(base_sam, cache_dir, tmp_path):
+    from sam_prompt_learner.run_lock import lock_directory
+
+    output_dir = tmp_path / "busy"
+    lock = lock_directory(output_dir)  # this test process plays the run in progress
+    (output_dir / "model.safetensors").write_bytes(b"weights of the run in progress")
+    result = run(train_args(base_sam, cache_dir, output_dir, "--overwrite_output_dir"), check=False)
+    lock.close()
+    assert result.returncode != 0
+    assert f"is in use by another process (pid {os.getpid()} on" in result.stderr
+    assert (output_dir / "model.safetensors").read_bytes() == b"weights of the run in progress"

@@ -50,3 +50,24 @@ def save_tiny_sam(directory, seed: int = 0):
     model.save_pretrained(directory)
     processor_for_config(model.config).save_pretrained(directory)
     return directory
+
+
+def write_image_mask_folder(directory, num_images: int, *, empty_masks: bool = False):
+    """An `images/` + `masks/` folder as the README describes, with only a train split: random 48 x 64 RGB PNGs, each
+    with a 0/255 rectangle mask (all zero with `empty_masks`)."""
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    (directory / "images").mkdir(parents=True)
+    (directory / "masks").mkdir()
+    for index in range(num_images):
+        Image.fromarray(generator.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            directory / "images" / f"{index:03d}.png"
+        )
+        mask = np.zeros((48, 64), dtype=np.uint8)
+        if not empty_masks:
+            top, left = generator.integers(0, 24), generator.integers(0, 32)
+            mask[top : top + 20, left : left + 24] = 255
+        Image.fromarray(mask).save(directory / "masks" / f"{index:03d}.png")
+    return directory

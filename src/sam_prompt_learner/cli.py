@@ -26,7 +26,7 @@ from .hub import register_push_command
 from .inference import register_predict_command
 from .modeling_prompt_learner import SamPromptLearnerModel
 from .processing import load_processor
-from .training import evaluation_collator, prepare_split
+from .training import VALIDATION_SPLIT, detection_options, evaluation_collator, hold_out_validation, prepare_split
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,15 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask_column", default=None)
     parser.add_argument("--annotation_format", default=None, choices=[f.value for f in AnnotationFormat])
     parser.add_argument("--class_ids", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--mask_threshold", type=float, default=None,
+        help="Binary masks: foreground = value >= this (default: non-zero; half range for JPEG masks).",
+    )  # fmt: skip
     parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument(
+        "--validation_split_percentage", type=float, default=10,
+        help="--split validation on a dataset without one: the rows examples/train.py holds out of train.",
+    )  # fmt: skip
 
 
 def synthetic_split(args: argparse.Namespace) -> dict | None:
@@ -59,12 +67,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         model = SamPromptLearnerModel.from_pretrained(args.model)
         processor = load_processor(args.model, model.config)
         raw = load_segmentation_dataset(args.dataset, args.dataset_config_name, synthetic_options=synthetic_split(args))
-        detect = dict(image_column=args.image_column, mask_column=args.mask_column,
-                      annotation_format=args.annotation_format)  # fmt: skip
-        if args.class_ids:
-            detect["class_ids"] = args.class_ids
+        if args.split == VALIDATION_SPLIT:
+            raw, held_out = hold_out_validation(raw, percentage=args.validation_split_percentage)
+            if held_out:
+                print(held_out, file=sys.stderr)
         with accelerator.main_process_first():
-            dataset, report = prepare_split(raw, args.split, max_samples=args.max_samples, **detect)
+            dataset, report = prepare_split(raw, args.split, max_samples=args.max_samples, **detection_options(args))
     except (OSError, ValueError) as error:
         print(f"sam-prompt-learner evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -18,6 +18,10 @@ from .metrics import dice_from_counts, iou_from_counts, iou_spread_per_object, s
 from .modeling_prompt_learner import resize_masks
 
 MODEL_INPUT_KEYS = ("pixel_values", "image_embeddings", "input_points", "input_labels", "input_boxes")
+PROMPT_INPUT_KEYS = ("input_points", "input_labels", "input_boxes")  # (B, P, ...): one entry per prompt
+# Prompts scored per forward pass. Memory per prompt grows with the square of the input size (SAM's three masks, their
+# upsampling to it, the boundary regions), so an image with hundreds of objects is scored a chunk of prompts at a time.
+DEFAULT_PROMPTS_PER_FORWARD = 16
 MASK_SELECTIONS = ("predicted_iou", "single", "oracle")
 STATISTICS = ("intersection", "union", "boundary_intersection", "boundary_union")
 
@@ -86,6 +90,46 @@ def batch_statistics(
     return statistics
 
 
+def chunked_batch_statistics(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    selections: Iterable[str],
+    accelerator: Accelerator,
+    *,
+    dilation_ratio: float = 0.02,
+    prompts_per_forward: int = DEFAULT_PROMPTS_PER_FORWARD,
+) -> dict[str, torch.Tensor]:
+    """
+    Per-prompt statistics (see `batch_statistics`) of each selection for one collated batch, scoring at most
+    `prompts_per_forward` prompts per image at a time: the image embeddings are computed once, and each chunk's
+    masks are reduced to four counts per prompt before the next chunk runs, so memory stays flat in the number of
+    objects. SAM decodes each prompt independently of the others, so the counts are those of one pass over all.
+
+    Returns:
+        `{selection: (B, P, 4) int64}`.
+    """
+    if prompts_per_forward < 1:
+        raise ValueError(f"prompts_per_forward must be at least 1, got {prompts_per_forward}.")
+    inputs = model_inputs(batch)
+    num_prompts = batch["labels"].shape[1]
+    if "pixel_values" in inputs and num_prompts > prompts_per_forward:
+        inputs["image_embeddings"] = accelerator.unwrap_model(model).get_image_embeddings(inputs.pop("pixel_values"))
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in selections}
+    for start in range(0, num_prompts, prompts_per_forward):
+        prompts = slice(start, start + prompts_per_forward)
+        chunk_inputs = {key: value[:, prompts] if key in PROMPT_INPUT_KEYS else value for key, value in inputs.items()}
+        labels = batch["labels"][:, prompts]  # (B, p, S, S)
+        outputs = {
+            multimask: model(**chunk_inputs, multimask_output=multimask)
+            for multimask in {name != "single" for name in selections}
+        }
+        for name in selections:
+            output = outputs[name != "single"]
+            masks = select_masks(output.pred_masks, output.iou_scores, name, labels)
+            chunks[name].append(batch_statistics(masks, labels, batch["reshaped_input_sizes"], dilation_ratio))
+    return {name: torch.cat(parts, dim=1) for name, parts in chunks.items()}
+
+
 @torch.no_grad()
 def collect_statistics(
     model: torch.nn.Module,
@@ -94,9 +138,11 @@ def collect_statistics(
     *,
     selections: Iterable[str] = ("predicted_iou",),
     dilation_ratio: float = 0.02,
+    prompts_per_forward: int = DEFAULT_PROMPTS_PER_FORWARD,
 ) -> dict[str, Any]:
     """Run `model` over `dataloader` and gather, on every process, the per-object statistics of each selection
-    (`"single"` runs the model with `multimask_output=False`, the others with SAM's three masks).
+    (`"single"` runs the model with `multimask_output=False`, the others with SAM's three masks), at most
+    `prompts_per_forward` prompts per image at a time (see `chunked_batch_statistics`).
 
     Returns:
         `{"object_ids": list[str] ("<sample_id>/<object index>"), "<selection>": (num_objects, 4) int64 tensor}`.
@@ -106,21 +152,14 @@ def collect_statistics(
     model.eval()
     gathered: dict[str, list] = {"object_ids": [], **{name: [] for name in selections}}
     for batch in dataloader:
-        outputs = {
-            multimask: model(**model_inputs(batch), multimask_output=multimask)
-            for multimask in {name != "single" for name in selections}
-        }
-        per_selection = {
-            name: batch_statistics(
-                select_masks(
-                    outputs[name != "single"].pred_masks, outputs[name != "single"].iou_scores, name, batch["labels"]
-                ),
-                batch["labels"],
-                batch["reshaped_input_sizes"],
-                dilation_ratio,
-            )
-            for name in selections
-        }
+        per_selection = chunked_batch_statistics(
+            model,
+            batch,
+            selections,
+            accelerator,
+            dilation_ratio=dilation_ratio,
+            prompts_per_forward=prompts_per_forward,
+        )
         # Prompt counts differ between processes' batches: pad to a common P before gathering; padding is invalid.
         valid = accelerator.pad_across_processes(batch["prompt_mask"], dim=1, pad_index=0)
         valid = accelerator.gather_for_metrics(valid).bool()
@@ -164,9 +203,18 @@ def evaluate_model(
     *,
     selections: Iterable[str] = ("predicted_iou",),
     dilation_ratio: float = 0.02,
+    prompts_per_forward: int = DEFAULT_PROMPTS_PER_FORWARD,
 ) -> dict[str, dict[str, float]]:
-    """Mean IoU / Dice / boundary IoU of `model` on `dataloader`, per mask selection (see `select_masks`)."""
-    collected = collect_statistics(model, dataloader, accelerator, selections=selections, dilation_ratio=dilation_ratio)
+    """Mean IoU / Dice / boundary IoU of `model` on `dataloader`, per mask selection (see `select_masks`), at most
+    `prompts_per_forward` prompts per image per forward pass."""
+    collected = collect_statistics(
+        model,
+        dataloader,
+        accelerator,
+        selections=selections,
+        dilation_ratio=dilation_ratio,
+        prompts_per_forward=prompts_per_forward,
+    )
     return {name: summarize_statistics(collected[name]) for name in selections}
 
 

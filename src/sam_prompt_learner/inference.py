@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from tqdm.auto import tqdm
 from transformers import SamProcessor
 
-from .data import to_rgb
+from .data import to_rgb, upright
 from .modeling_prompt_learner import SamPromptLearnerModel
 from .processing import load_processor
 from .trained_parts import is_trained_parts_directory, load_trained_parts, trained_parts_base
@@ -157,7 +157,7 @@ def predict_mask(
     Args:
         model ([`SamPromptLearnerModel`] or `SamModel`): the model, on the device to run on.
         processor (`SamProcessor`): a processor whose geometry matches the model (see `load_for_inference`).
-        image (`PIL.Image.Image`): the image, any mode (converted to RGB).
+        image (`PIL.Image.Image`): the image, any mode (converted to RGB), read upright (EXIF orientation applied).
         points (`Sequence[tuple[float, float]]`, *optional*): point prompts `(x, y)` in image pixels.
         point_labels (`Sequence[int]`, *optional*): 1 (positive) or 0 (negative) per point; defaults to all positive.
         box (`tuple[float, float, float, float]`, *optional*): box prompt `(x0, y0, x1, y1)` in image pixels.
@@ -172,6 +172,7 @@ def predict_mask(
     """
     if points is not None and point_labels is None:
         point_labels = [1] * len(points)
+    image = to_rgb(image)  # upright: prompts are in the pixels viewers show
     check_prompt(image.width, image.height, points, point_labels, box)
     prompt_inputs = {}
     if points is not None and len(points) > 0:
@@ -179,7 +180,7 @@ def predict_mask(
         prompt_inputs["input_labels"] = [[list(point_labels)]]  # [image][prompt][point]
     if box is not None:
         prompt_inputs["input_boxes"] = [[list(box)]]  # [image][prompt][xyxy]
-    inputs = processor(images=to_rgb(image), return_tensors="pt", **prompt_inputs)
+    inputs = processor(images=image, return_tensors="pt", **prompt_inputs)
     # The processor gives float64 coordinates; everything floating point runs in the model's dtype.
     model_inputs = {
         name: value.to(model.device, model.dtype if value.is_floating_point() else value.dtype)
@@ -303,7 +304,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image)
+            return upright(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:  # PIL raises SyntaxError on some broken headers
         raise ValueError(f"{path}: not a readable image ({error}).") from error
 

@@ -108,6 +108,9 @@ def hungarian_point_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch
         `(N,)` loss per point set.
     """
     cost = torch.cdist(predicted.detach().float(), target.float(), p=1).cpu().numpy()  # (N, K, K)
+    # Non-finite points (a diverged head) cannot be matched, and scipy refuses them: any assignment will do, since
+    # their loss is non-finite whatever it is, and the training loop stops on it naming the term.
+    cost = np.nan_to_num(cost, nan=0.0, posinf=0.0, neginf=0.0)
     permutations = np.stack([linear_sum_assignment(c)[1] for c in cost]) if len(cost) else np.zeros((0, 0), int)
     index = torch.as_tensor(permutations, device=target.device, dtype=torch.long)  # predicted k <-> target index[k]
     matched = torch.gather(target, 1, index.unsqueeze(-1).expand(-1, -1, 2))

@@ -4,6 +4,7 @@ outputs. The script keeps the readable shape of transformers' `*_no_trainer.py` 
 import copy
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,67 @@ def load_model_and_processor(
     return model, processor
 
 
+VALIDATION_SPLIT = "validation"
+# The held-out rows do not follow `--seed`: runs with different seeds are scored on the same images.
+VALIDATION_SPLIT_SEED = 0
+
+
+def hold_out_validation(
+    raw: datasets.DatasetDict, train_split: str = "train", percentage: float = 10.0
+) -> tuple[datasets.DatasetDict, str | None]:
+    """
+    Give a dataset without a `validation` split one, as transformers' example scripts do: `percentage`% of the rows
+    of `train_split`, drawn with a fixed seed (`VALIDATION_SPLIT_SEED`), so every run (a resumed one, one with another
+    `--seed`, and `sam-prompt-learner evaluate --split validation`) holds out the same rows.
+
+    Args:
+        raw (`datasets.DatasetDict`): the raw (not yet normalized) splits.
+        train_split (`str`, *optional*, defaults to `"train"`): the split to hold rows out of.
+        percentage (`float`, *optional*, defaults to 10): percentage of its rows to hold out; 0 turns this off.
+
+    Returns:
+        `tuple` of the splits (unchanged when there is a `validation` split already, no `train_split`, or `percentage`
+        is 0; else with `train_split` minus the held-out rows and a new `validation` split) and a sentence for the log
+        saying what was held out (`None` when nothing was).
+
+    Raises:
+        `ValueError`: when `percentage` is not in [0, 100), or `train_split` has too few rows to keep some of each.
+    """
+    if not 0 <= percentage < 100:
+        raise ValueError(f"--validation_split_percentage must be in [0, 100), got {percentage}.")
+    if VALIDATION_SPLIT in raw or train_split not in raw or percentage == 0:
+        return raw, None
+    num_rows = len(raw[train_split])
+    num_held_out = math.ceil(num_rows * percentage / 100)  # as `train_test_split` rounds
+    if num_rows - num_held_out < 1:
+        raise ValueError(
+            f"The dataset has no {VALIDATION_SPLIT!r} split, and its {train_split!r} split has {num_rows} rows: too "
+            f"few to hold out {percentage:g}% for validation. Add a validation split, or pass --eval_split "
+            f"{train_split} to score on the training rows."
+        )
+    parts = raw[train_split].train_test_split(test_size=num_held_out, seed=VALIDATION_SPLIT_SEED)
+    splits = datasets.DatasetDict({**raw, train_split: parts["train"], VALIDATION_SPLIT: parts["test"]})
+    message = (
+        f"The dataset has no {VALIDATION_SPLIT!r} split: held out {num_held_out} of the {num_rows} {train_split!r} "
+        f"rows ({percentage:g}%, --validation_split_percentage; seed {VALIDATION_SPLIT_SEED}, the same rows on every "
+        f"run) as {VALIDATION_SPLIT!r}."
+    )
+    return splits, message
+
+
+def detection_options(args) -> dict[str, Any]:
+    """The annotation-detection flags that `examples/train.py` and `sam-prompt-learner evaluate` share, as keyword
+    arguments of `detect_annotation_spec`."""
+    options = dict(
+        image_column=args.image_column, mask_column=args.mask_column, annotation_format=args.annotation_format
+    )
+    if args.class_ids:
+        options["class_ids"] = args.class_ids
+    if args.mask_threshold is not None:
+        options["mask_threshold"] = args.mask_threshold
+    return options
+
+
 def prepare_split(
     raw: datasets.DatasetDict,
     split: str,
@@ -132,15 +194,64 @@ def prepare_split(
     max_samples: int | None = None,
     **detect_options: Any,
 ) -> tuple[datasets.Dataset, SkipReport]:
-    """Normalize one split (see `prepare_dataset`), keeping the first `max_samples` rows when given."""
+    """
+    Normalize one split (see `prepare_dataset`), keeping the first `max_samples` rows when given.
+
+    Raises:
+        `ValueError`: for a split the dataset does not have (listing those it has), or one left without any usable
+        image (with its skip summary), so that a run stops right after the data check.
+    """
     if split not in raw:
-        raise ValueError(f"Split {split!r} not found; the dataset has {sorted(raw)}.")
+        hint = ""
+        if split == VALIDATION_SPLIT:
+            hint = " (--validation_split_percentage holds one out of the training split when it is above 0)"
+        raise ValueError(f"Split {split!r} not found; the dataset has {sorted(raw)}{hint}.")
     dataset = raw[split]
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"Split {split!r} has no rows.")
     if spec is not None:
-        return prepare_dataset(dataset, spec)
-    return prepare_dataset(dataset, **detect_options)
+        normalized, report = prepare_dataset(dataset, spec)
+    else:
+        normalized, report = prepare_dataset(dataset, **detect_options)
+    if report.kept_images == 0:
+        raise ValueError(f"Split {split!r} has no usable image: nothing to train or score on.\n{report.summary()}")
+    return normalized, report
+
+
+LOSS_TERMS = ("focal_loss", "dice_loss", "iou_loss", "point_matching_loss", "boundary_point_loss")
+CHECKED_OUTPUTS = ("pred_masks", "iou_scores", "pred_boundary_points")
+
+
+def non_finite_loss(accelerator: Accelerator, output, step: int) -> str | None:
+    """
+    `None` when the loss of every process is finite; else what to tell the user: the step, every loss term, and which
+    of the model's outputs (masks, IoU scores, the point-matching head's points) hold non-finite values. Every
+    process takes part (so that all stop together, none waiting for the others in a gradient all-reduce).
+
+    Args:
+        accelerator (`Accelerator`): the run's accelerator.
+        output ([`SamPromptLearnerOutput`]): the training forward's output, with its loss terms.
+        step (`int`): the optimizer step being computed (1-based), for the message.
+    """
+    finite = torch.isfinite(output.loss.detach()).reshape(1)
+    if accelerator.gather(finite).all():
+        return None
+    terms = ", ".join(
+        f"{name}={getattr(output, name).item():.4g}" for name in LOSS_TERMS if getattr(output, name) is not None
+    )
+    bad_outputs = [
+        name
+        for name in CHECKED_OUTPUTS
+        if getattr(output, name) is not None and not torch.isfinite(getattr(output, name)).all()
+    ]
+    where = f"non-finite values in {', '.join(bad_outputs)}" if bad_outputs else "the model's outputs are finite"
+    return (
+        f"the loss is not finite at step {step} (process {accelerator.process_index}): loss={output.loss.item():.4g} "
+        f"({terms}); {where}. Training stopped; the checkpoints written so far are from before. Lower "
+        "--learning_rate, or check the data and --config_overrides loss weights."
+    )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from .formats import (
     load_image_mask_folder,
     prepare_dataset,
     to_rgb,
+    upright,
 )
 from .loading import load_segmentation_dataset
 from .masks import decode_rle, encode_rle, mask_to_box, polygons_to_mask
@@ -46,4 +47,5 @@ __all__ = [
     "prompt_rng",
     "sample_object_prompts",
     "to_rgb",
+    "upright",
 ]

@@ -10,6 +10,12 @@ dataset and its image column, the vision encoder's configuration and weights, th
 storage dtype. Rebuilding with the same inputs reuses the file; any change to one of them writes a new one, so a cache
 computed with another base model or processor is never read back.
 
+A finished cache file is only reused once verified: its checksum record (`image_embeddings-<fingerprint>.sha256.json`,
+written when the build ends, after every embedding was checked finite) must match its row count and its bytes; a
+truncated, altered or unrecorded file is rebuilt, with a warning. A build runs in a locked directory of its own
+(`.building-*`) and moves its file into place when done, so a build killed midway leaves no half-written cache file,
+and the next build removes the directory it left (with `datasets`' temporary files, gigabytes at ViT-B size).
+
 A cache holds the encoder's output at the time it was built: it is only valid while the vision encoder stays frozen.
 Training the encoder (LoRA on its attention, for example) or augmenting images needs the pixel path instead.
 """
@@ -19,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +37,11 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers.image_processing_utils import BaseImageProcessor
+
+from ..run_lock import DirectoryInUseError, lock_directory
+from .formats import upright
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -42,6 +55,9 @@ EMBEDDING_CACHE_COLUMNS = (IMAGE_EMBEDDINGS_COLUMN, ORIGINAL_SIZES_COLUMN, RESHA
 # Bump when the cached columns or the way they are computed change, so that files written by an older version of this
 # module are not read back as if they were current.
 _CACHE_FORMAT_VERSION = 1
+
+# A build in progress (or killed) writes in `.building-<cache file>-<pid>/` next to the cache file.
+_BUILD_DIR_PREFIX = ".building-"
 
 # Arrow has no bfloat16; float16 halves the disk footprint of float32 for a relative error of about 5e-4.
 _STORAGE_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16"}
@@ -162,7 +178,8 @@ def build_embedding_cache(
     normalisation, bottom/right padding) and encoded by the vision encoder, in eval mode under `torch.inference_mode()`,
     `batch_size` images at a time with `datasets.map` (which shows a progress bar). The cache file holds only the new
     columns; they are joined to the dataset's own columns without copying the images. Its name is
-    [`embedding_cache_fingerprint`]: when the file already exists, it is memory-mapped and no image is encoded.
+    [`embedding_cache_fingerprint`]: when the file already exists and verifies (row count and SHA-256 checksum, see
+    the module docstring), it is memory-mapped and no image is encoded; when it does not, it is rebuilt.
 
     Under Accelerate, pass `accelerator`: the main process builds the cache first
     (`accelerator.main_process_first()`) while the other processes wait, and they then find the finished file and
@@ -212,8 +229,8 @@ def build_embedding_cache(
 
     Raises:
         `ValueError`: for an unsupported `dtype`, a missing or non-image `image_column`, an output column already in the
-        dataset, or a row whose image is missing, cannot be decoded or cannot
-        be preprocessed (the message names the row index).
+        dataset, or a row whose image is missing, cannot be decoded or cannot be preprocessed, or whose embeddings are
+        not finite in the storage dtype (the message names the row index).
     """
     storage_dtype_name = _storage_dtype_name(dtype)
     image_feature = dataset.features.get(image_column)
@@ -225,15 +242,16 @@ def build_embedding_cache(
     existing_output_columns = [column for column in EMBEDDING_CACHE_COLUMNS if column in dataset.column_names]
     if existing_output_columns:
         raise ValueError(f"The dataset already has the column(s) {existing_output_columns} that the cache adds.")
-    if cache_dir is None and not dataset.cache_files:
+    if cache_dir is None:
         # An in-memory dataset has no directory of its own; the fingerprint makes a shared directory safe.
-        cache_dir = default_embedding_cache_dir()
+        cache_dir = Path(dataset.cache_files[0]["filename"]).parent if dataset.cache_files else None
+        cache_dir = cache_dir or default_embedding_cache_dir()
 
     fingerprint = embedding_cache_fingerprint(dataset, model, image_processor, image_column=image_column, dtype=dtype)
-    cache_file_name = None
-    if cache_dir is not None:
-        os.makedirs(cache_dir, exist_ok=True)
-        cache_file_name = os.path.join(cache_dir, f"image_embeddings-{fingerprint}.arrow")
+    os.makedirs(cache_dir, exist_ok=True)
+    cache_file = Path(cache_dir) / f"image_embeddings-{fingerprint}.arrow"
+    if load_from_cache_file is None:
+        load_from_cache_file = datasets.is_caching_enabled()
 
     if accelerator is not None:
         model.to(accelerator.device)
@@ -265,39 +283,113 @@ def build_embedding_cache(
             reshaped_input_sizes.append(inputs["reshaped_input_sizes"])  # (1, 2)
         pixel_values = torch.cat(pixel_values).to(vision_parameter.device, vision_parameter.dtype)  # (B, 3, S, S)
         with torch.inference_mode():
-            image_embeddings = model.get_image_embeddings(pixel_values)  # (B, C, E, E)
+            image_embeddings = model.get_image_embeddings(pixel_values).to(dtype)  # (B, C, E, E)
+        # Checked once here, in the storage dtype (float16 overflows to inf above 65504): the checksum written with the
+        # finished file then proves every later reuse finite too.
+        finite = torch.isfinite(image_embeddings).flatten(1).all(1)
+        if not finite.all():
+            row = indices[int((~finite).nonzero()[0])]
+            raise ValueError(
+                f"Row {row}: the vision encoder gave non-finite image embeddings (in {storage_dtype_name}); with "
+                "--cache_dtype float16, float32 avoids an overflow."
+            )
         return {
-            IMAGE_EMBEDDINGS_COLUMN: image_embeddings.to(dtype).cpu().numpy(),
+            IMAGE_EMBEDDINGS_COLUMN: image_embeddings.cpu().numpy(),
             ORIGINAL_SIZES_COLUMN: torch.cat(original_sizes).numpy(),  # (B, 2)
             RESHAPED_INPUT_SIZES_COLUMN: torch.cat(reshaped_input_sizes).numpy(),  # (B, 2)
         }
+
+    def map_to(file: Path, reuse: bool) -> datasets.Dataset:
+        return undecoded_images.map(
+            encode,
+            batched=True,
+            batch_size=batch_size,
+            with_indices=True,
+            input_columns=[image_column],
+            remove_columns=[image_column],
+            features=cache_features,
+            # `datasets` buffers `writer_batch_size` rows (1000 by default) before writing: 4 GB of float32 ViT-B
+            # embeddings. Writing each encoded batch keeps memory flat.
+            writer_batch_size=batch_size,
+            new_fingerprint=fingerprint,
+            cache_file_name=str(file),
+            load_from_cache_file=reuse,
+            desc="Caching SAM image embeddings",
+        )
 
     main_process_first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
     was_training = model.training
     model.eval()
     try:
         with main_process_first:
-            embeddings = undecoded_images.map(
-                encode,
-                batched=True,
-                batch_size=batch_size,
-                with_indices=True,
-                input_columns=[image_column],
-                remove_columns=[image_column],
-                features=cache_features,
-                # `datasets` buffers `writer_batch_size` rows (1000 by default) before writing: 4 GB of float32 ViT-B
-                # embeddings. Writing each encoded batch keeps memory flat.
-                writer_batch_size=batch_size,
-                new_fingerprint=fingerprint,
-                cache_file_name=cache_file_name,
-                load_from_cache_file=load_from_cache_file,
-                desc="Caching SAM image embeddings",
-            )
+            problem = _verification_problem(cache_file, len(dataset)) if load_from_cache_file else "not reused"
+            if problem is not None:
+                if load_from_cache_file and cache_file.exists():
+                    logger.warning(f"Rebuilding the embedding cache {cache_file}: {problem}.")
+                _build_verified(cache_file, len(dataset), lambda file: map_to(file, reuse=False))
+            embeddings = map_to(cache_file, reuse=True)  # memory-maps the verified file
     finally:
         model.train(was_training)
 
     cached_dataset = datasets.concatenate_datasets([dataset, embeddings], axis=1)
     return cached_dataset.with_format("torch", columns=list(EMBEDDING_CACHE_COLUMNS), output_all_columns=True)
+
+
+def _checksum_file(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".sha256.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verification_problem(cache_file: Path, num_rows: int) -> str | None:
+    """Why a finished cache file must not be reused (`None` when it may): it is missing, has no checksum record (a
+    build killed before the record was written, or a file from an older version), holds another number of rows, or
+    its bytes changed since it was written (a truncated copy, a disk error). Reading it for the SHA-256 costs about
+    0.6 s/GB on one CPU core."""
+    if not cache_file.is_file():
+        return "no cache file"
+    try:
+        record = json.loads(_checksum_file(cache_file).read_text())
+    except (OSError, ValueError):
+        return f"no readable checksum record {_checksum_file(cache_file).name}"
+    if record.get("num_rows") != num_rows:
+        return f"it holds {record.get('num_rows')} rows, the dataset {num_rows}"
+    if _sha256(cache_file) != record.get("sha256"):
+        return "its contents changed since it was written (checksum mismatch)"
+    return None
+
+
+def _build_verified(cache_file: Path, num_rows: int, build: Any) -> None:
+    """
+    Build `cache_file` with `build(path)` in a locked directory of its own next to it, record its checksum, then move
+    both into place (a rename: atomic). A build killed midway leaves only that directory, whose `datasets` temporary
+    files can be gigabytes: each build first removes every such directory no living process holds.
+    """
+    cache_dir = cache_file.parent
+    for abandoned in cache_dir.glob(f"{_BUILD_DIR_PREFIX}*"):
+        try:
+            lock_directory(abandoned).close()
+        except DirectoryInUseError:  # a build in progress
+            continue
+        shutil.rmtree(abandoned, ignore_errors=True)
+    staging = cache_dir / f"{_BUILD_DIR_PREFIX}{cache_file.stem}-{os.getpid()}"
+    lock = lock_directory(staging)
+    try:
+        build(staging / cache_file.name)
+        record = {"num_rows": num_rows, "sha256": _sha256(staging / cache_file.name)}
+        _checksum_file(staging / cache_file.name).write_text(json.dumps(record) + "\n")
+        _checksum_file(cache_file).unlink(missing_ok=True)  # never a new file with the old record
+        os.replace(staging / cache_file.name, cache_file)
+        os.replace(_checksum_file(staging / cache_file.name), _checksum_file(cache_file))
+    finally:
+        lock.close()
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _storage_dtype_name(dtype: torch.dtype) -> str:
@@ -318,7 +410,9 @@ def _preprocess_row(
     if encoded_image is None:
         raise ValueError(f"Row {index}: the image column {image_column!r} is empty.")
     try:
-        image = image_decoder.decode_example(encoded_image)
+        # Upright as `prepare_dataset` reads images (and masks): older `datasets` versions decode without the EXIF
+        # orientation.
+        image = upright(image_decoder.decode_example(encoded_image))
         # (1, 3, S, S) pixel values, (1, 2) original and (1, 2) reshaped (height, width)
         return image_processor(images=image, return_tensors="pt")
     except _IMAGE_ERRORS as error:

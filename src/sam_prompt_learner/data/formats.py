@@ -17,6 +17,7 @@ size). Everything that cannot be used is skipped and counted per reason in a [`S
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -27,15 +28,19 @@ from typing import Any, Literal, NamedTuple
 
 import datasets
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy import ndimage
 
 from .masks import decode_rle, encode_rle, polygons_to_mask
+
+logger = logging.getLogger(__name__)
 
 # What each skip reason means. Reasons in `ROW_SKIP_REASONS` drop a whole row (image); the others drop one object.
 SKIP_REASONS = {
     "corrupt_image": "image bytes that cannot be decoded (truncated, corrupt or not an image)",
     "corrupt_mask": "mask or label map that cannot be decoded, or that is not 2D",
+    "missing_image": "row without an image (in a folder: a mask file without a matching image file)",
+    "missing_mask": "row without a mask or map (in a folder: an image file without a matching mask file)",
     "no_objects": "image left without any valid object (nothing to prompt)",
     "mask_size_mismatch": "object whose mask size differs from its image size",
     "empty_mask": "object with an empty mask",
@@ -46,7 +51,16 @@ SKIP_REASONS = {
     "missing_segmentation": "object with a bbox but no segmentation (a box gives no mask target)",
     "crowd": "COCO crowd region (`iscrowd=1`), a group of objects, skipped when `skip_crowd=True`",
 }
-ROW_SKIP_REASONS = frozenset({"corrupt_image", "corrupt_mask", "no_objects"})
+ROW_SKIP_REASONS = frozenset({"corrupt_image", "corrupt_mask", "missing_image", "missing_mask", "no_objects"})
+# What each note means: data that is used, but read in a way worth knowing about (counted like skips, per mask).
+NOTE_REASONS = {
+    "jpeg_mask": "mask stored as lossy JPEG: its compression noise is removed by thresholding at half range (store "
+    "masks as PNG)",
+}
+# Formats whose compression changes pixel values, so a stored 0/255 mask comes back with values in between.
+LOSSY_IMAGE_FORMATS = frozenset({"JPEG", "MPO"})
+
+ORIENTATION_TAG = 0x0112  # EXIF orientation: 1 is upright, 2-8 a rotation and / or mirroring to apply
 
 # Column-name hints used by detection; a name matching none of them must be named by the caller.
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "pixel_values", "photo", "picture")
@@ -92,6 +106,11 @@ class AnnotationSpec:
         split_components (`bool`, *optional*, defaults to `True`):
             `semantic_map` only: each 8-connected component of a class is one object; `False`: each class is one
             object.
+        mask_threshold (`float`, *optional*):
+            `binary_mask` only: foreground is `value >= mask_threshold` (e.g. 128 for 8-bit soft masks or mattes).
+            By default a mask with at most two values is foreground where non-zero, a JPEG mask is thresholded at
+            half range (128 for 8 bits) to remove its compression noise, and any other mask with more than two values
+            (an id map or a soft mask) is refused with an error naming this option and `instance_map`.
         ignore_ids (`tuple[int, ...]`, *optional*):
             `instance_map` only: ids that are neither background nor an object (e.g. 255, the boundary of VOC maps).
         id_column (`str`, *optional*):
@@ -112,6 +131,7 @@ class AnnotationSpec:
     mask_column: str
     class_ids: tuple[int, ...] = ()
     split_components: bool = True
+    mask_threshold: float | None = None
     ignore_ids: tuple[int, ...] = ()
     id_column: str | None = None
     min_area: int = 1
@@ -130,6 +150,8 @@ class AnnotationSpec:
             )
         if self.annotation_format != AnnotationFormat.SEMANTIC_MAP and self.class_ids:
             raise ValueError(f"class_ids only apply to semantic maps, not to {self.annotation_format.value}.")
+        if self.mask_threshold is not None and self.annotation_format != AnnotationFormat.BINARY_MASK:
+            raise ValueError(f"mask_threshold only applies to binary masks, not to {self.annotation_format.value}.")
         if self.on_invalid not in ("skip", "raise"):
             raise ValueError(f"on_invalid must be 'skip' or 'raise', got {self.on_invalid!r}.")
         if self.min_area < 1:
@@ -139,14 +161,16 @@ class AnnotationSpec:
 @dataclass
 class SkipReport:
     """
-    What normalization kept and skipped, per reason (see `SKIP_REASONS`), with a few example sample ids per reason.
+    What normalization kept and skipped, per reason (see `SKIP_REASONS`), with a few example sample ids per reason,
+    and what it kept but read in a noteworthy way (see `NOTE_REASONS`), counted the same way.
 
     Args:
         num_rows (`int`): rows read.
         kept_images (`int`): rows kept, each an image with at least one object.
         kept_objects (`int`): objects kept.
         counts (`dict[str, int]`): skipped rows or objects per reason (rows for `ROW_SKIP_REASONS`).
-        examples (`dict[str, list[str]]`): up to `max_examples` sample ids per reason.
+        examples (`dict[str, list[str]]`): up to `max_examples` sample ids per reason, skips and notes.
+        notes (`dict[str, int]`): masks per note reason.
         max_examples (`int`): how many example ids to keep per reason.
     """
 
@@ -155,13 +179,17 @@ class SkipReport:
     kept_objects: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
     max_examples: int = 5
 
     def add(self, reason: str, sample_id: str, count: int = 1) -> None:
-        """Count `count` skips for `reason` in sample `sample_id`."""
-        if reason not in SKIP_REASONS:
-            raise ValueError(f"Unknown skip reason {reason!r}; known: {sorted(SKIP_REASONS)}.")
-        self.counts[reason] = self.counts.get(reason, 0) + count
+        """Count `count` skips (a `SKIP_REASONS` key) or notes (a `NOTE_REASONS` key) for `reason` in `sample_id`."""
+        if reason in SKIP_REASONS:
+            self.counts[reason] = self.counts.get(reason, 0) + count
+        elif reason in NOTE_REASONS:
+            self.notes[reason] = self.notes.get(reason, 0) + count
+        else:
+            raise ValueError(f"Unknown reason {reason!r}; known: {sorted(SKIP_REASONS) + sorted(NOTE_REASONS)}.")
         examples = self.examples.setdefault(reason, [])
         if len(examples) < self.max_examples and sample_id not in examples:
             examples.append(sample_id)
@@ -180,6 +208,9 @@ class SkipReport:
             lines.append(f"  skipped {count} {unit}: {reason} ({SKIP_REASONS[reason]}); e.g. samples {examples}")
         if not self.counts:
             lines.append("  nothing skipped.")
+        for reason, count in sorted(self.notes.items()):
+            examples = ", ".join(self.examples.get(reason, []))
+            lines.append(f"  note, {count} masks: {reason} ({NOTE_REASONS[reason]}); e.g. samples {examples}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +220,7 @@ class SkipReport:
             "kept_images": self.kept_images,
             "kept_objects": self.kept_objects,
             "skipped": dict(sorted(self.counts.items())),
+            "notes": dict(sorted(self.notes.items())),
             "examples": {reason: list(ids) for reason, ids in sorted(self.examples.items())},
         }
 
@@ -199,6 +231,7 @@ class DecodedExample(NamedTuple):
     image: Image.Image | None  # RGB; None when the row is skipped
     masks: np.ndarray  # (num_objects, height, width) bool
     skipped: Counter  # reason -> number of rows / objects skipped
+    notes: Counter  # note reason (`NOTE_REASONS`) -> number of masks
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,8 +425,26 @@ def detect_annotation_spec(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _open_image(value: Any) -> Image.Image:
-    """Open and fully decode an image given as a PIL image or as datasets' `{"bytes", "path"}` dict."""
+def upright(image: Image.Image) -> Image.Image:
+    """
+    The image as viewers show it: its EXIF orientation applied (a photo taken in portrait stores landscape pixels and
+    an orientation tag). `datasets` applies it when it decodes an image, so every reader here does too, or the masks
+    and the embeddings of one image would be in different frames.
+
+    Args:
+        image (`PIL.Image.Image`): the image.
+
+    Returns:
+        `PIL.Image.Image`: the input itself when it has no orientation to apply, else a rotated / flipped copy.
+    """
+    if image.getexif().get(ORIENTATION_TAG, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _open_image(value: Any) -> tuple[Image.Image, str | None]:
+    """Open and fully decode an image given as a PIL image or as datasets' `{"bytes", "path"}` dict; return it upright
+    (see `upright`) with its file format (`"PNG"`, `"JPEG"`, ...; `None` for an image built in memory)."""
     try:
         if isinstance(value, Image.Image):
             image = value
@@ -406,14 +457,15 @@ def _open_image(value: Any) -> Image.Image:
         else:
             raise ValueError(f"expected an image, got {type(value).__name__}")
         image.load()  # decodes the pixels: truncated or corrupt data raises here, not later in training
+        return upright(image), image.format
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image: {error}") from error
-    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """
-    Convert an image of any PIL mode to 8-bit RGB without clipping high bit depths.
+    Convert an image of any PIL mode to upright (EXIF orientation applied, see `upright`) 8-bit RGB without clipping
+    high bit depths.
 
     - 16-bit modes (`I;16`, `I;16B`, ...) are scaled from [0, 65535] to [0, 255]; PIL's own conversion clips them.
     - 32-bit modes (`I`, `F`) have no fixed range, so they are stretched from their min to their max.
@@ -424,8 +476,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image (`PIL.Image.Image`): the image.
 
     Returns:
-        `PIL.Image.Image` in mode `RGB`; the input itself when already RGB.
+        `PIL.Image.Image` in mode `RGB`; the input itself when already upright RGB.
     """
+    image = upright(image)
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I;16"):
@@ -442,26 +495,68 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
 
 
-def _read_map(value: Any) -> np.ndarray:
-    """A mask / id map / class map as a 2D integer array; an RGB map becomes ids `R * 65536 + G * 256 + B`."""
+def _read_map(value: Any) -> tuple[np.ndarray, bool]:
+    """A mask / id map / class map as a 2D integer array (an RGB map becomes ids `R * 65536 + G * 256 + B`), and
+    whether it was stored in a lossy format (JPEG)."""
+    lossy = False
     if isinstance(value, Image.Image | Mapping | str | os.PathLike):
-        value = _open_image(value)
+        value, file_format = _open_image(value)
+        lossy = file_format in LOSSY_IMAGE_FORMATS
     array = np.asarray(value)
     if array.ndim == 3 and array.shape[-1] in (2, 4):
         array = array[..., :-1]  # alpha is not part of the id
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     elif array.ndim == 3 and array.shape[-1] == 3:
-        array = (array.astype(np.int64) * np.array([65536, 256, 1])).sum(axis=-1)
+        if lossy:  # JPEG noise differs per channel: a gray mask saved as RGB JPEG is read as gray
+            array = array.mean(axis=-1)
+        else:
+            array = (array.astype(np.int64) * np.array([65536, 256, 1])).sum(axis=-1)
     if array.ndim != 2:
         raise ValueError(f"expected a 2D map, got shape {array.shape}")
-    return array
+    return array, lossy
 
 
-def _objects_from_map(label_map: np.ndarray, spec: AnnotationSpec) -> np.ndarray:
+def _half_range(label_map: np.ndarray) -> float:
+    """Half the value range of a map's dtype: 128 for 8 bits, 32768 for 16 bits, 0.5 for floats in [0, 1]."""
+    if np.issubdtype(label_map.dtype, np.integer) and label_map.dtype.itemsize <= 2:
+        return (int(np.iinfo(label_map.dtype).max) + 1) / 2
+    return 128.0 if label_map.max() > 1 else 0.5
+
+
+def _binary_foreground(label_map: np.ndarray, lossy: bool, spec: AnnotationSpec) -> np.ndarray:
+    """The foreground of a binary mask (see `AnnotationSpec.mask_threshold`), `(height, width)` bool; raises
+    `_MaskValuesError` for a mask with more than two values that is not JPEG, which would be silently wrong either
+    way: merging an id map's objects into one, or taking a soft mask's faint edge as object."""
+    if spec.mask_threshold is not None:
+        return label_map >= spec.mask_threshold
+    values = np.unique(label_map)
+    if values.size <= 2:
+        return label_map != 0
+    if lossy:
+        return label_map >= _half_range(label_map)
+    raise _MaskValuesError(
+        f"binary mask column '{spec.mask_column}' holds {values.size} values ({_show_values(values)}), not two: an "
+        "id map would merge its objects into one, a soft mask would take its faint edge as object. Pass "
+        "annotation_format='instance_map' (--annotation_format instance_map) if each value is one object, or "
+        f"mask_threshold=T (--mask_threshold T) for foreground = value >= T (e.g. {_half_range(label_map):g})."
+    )
+
+
+def _show_values(values: np.ndarray, limit: int = 6) -> str:
+    shown = ", ".join(f"{value:g}" for value in values[:limit].tolist())
+    return shown + (", ..." if values.size > limit else "")
+
+
+class _MaskValuesError(ValueError):
+    """A binary mask whose values do not say what is foreground: raised whatever `on_invalid` says, since it is a
+    property of the dataset that a flag settles, not one bad row to skip."""
+
+
+def _objects_from_map(label_map: np.ndarray, lossy: bool, spec: AnnotationSpec) -> np.ndarray:
     """The objects of a map, `(num_objects, height, width)` bool, per `spec.annotation_format`."""
     if spec.annotation_format == AnnotationFormat.BINARY_MASK:
-        return (label_map != 0)[None]
+        return _binary_foreground(label_map, lossy, spec)[None]
     if spec.annotation_format == AnnotationFormat.INSTANCE_MAP:
         ids = np.setdiff1d(np.unique(label_map), np.array((0, *spec.ignore_ids)))
         return label_map[None] == ids[:, None, None]
@@ -542,14 +637,17 @@ def decode_example(example: Mapping[str, Any], spec: AnnotationSpec, sample_id: 
 
     Returns:
         [`DecodedExample`]: `image` (RGB, or `None` when the row is skipped), `masks` of shape
-        `(num_objects, height, width)` bool (the valid objects, in annotation order), and `skipped`, a `Counter`
-        of skipped rows / objects per reason (see `SKIP_REASONS`).
+        `(num_objects, height, width)` bool (the valid objects, in annotation order), `skipped`, a `Counter`
+        of skipped rows / objects per reason (see `SKIP_REASONS`), and `notes`, one of masks read in a noteworthy
+        way (see `NOTE_REASONS`). Images and masks are read upright (EXIF orientation applied, see `upright`).
 
     Raises:
         `ValueError`: with `spec.on_invalid == "raise"`, on the first invalid image or object, naming the sample,
-        the reason and the problem.
+        the reason and the problem; whatever `on_invalid`, for a binary mask with more than two values (see
+        `AnnotationSpec.mask_threshold`), naming the sample and the options that settle it.
     """
     skipped: Counter = Counter()
+    notes: Counter = Counter()
 
     def skip(reason: str, detail: str, count: int = 1) -> None:
         if spec.on_invalid == "raise" and reason not in ("no_objects", "crowd"):
@@ -558,15 +656,19 @@ def decode_example(example: Mapping[str, Any], spec: AnnotationSpec, sample_id: 
 
     def row_skipped(reason: str, detail: str) -> DecodedExample:
         skip(reason, detail)
-        return DecodedExample(None, np.zeros((0, 0, 0), dtype=bool), skipped)
+        return DecodedExample(None, np.zeros((0, 0, 0), dtype=bool), skipped, notes)
 
+    if example[spec.image_column] is None:
+        return row_skipped("missing_image", f"no image in column '{spec.image_column}'")
     try:
-        image = to_rgb(_open_image(example[spec.image_column]))
+        image = to_rgb(_open_image(example[spec.image_column])[0])
     except ValueError as error:
         return row_skipped("corrupt_image", str(error))
     height, width = image.height, image.width
 
     annotation = example[spec.mask_column]
+    if annotation is None and spec.annotation_format != AnnotationFormat.COCO_OBJECTS:
+        return row_skipped("missing_mask", f"no mask in column '{spec.mask_column}'")
     if spec.annotation_format == AnnotationFormat.COCO_OBJECTS:
         try:
             coco_objects = _unbatch_objects(annotation)
@@ -580,10 +682,15 @@ def decode_example(example: Mapping[str, Any], spec: AnnotationSpec, sample_id: 
                 skip(error.reason, f"object {index}: {error}")
     else:
         try:
-            label_map = _read_map(annotation)
+            label_map, lossy = _read_map(annotation)
         except ValueError as error:
             return row_skipped("corrupt_mask", str(error))
-        candidates = list(_objects_from_map(label_map, spec))
+        try:
+            candidates = list(_objects_from_map(label_map, lossy, spec))
+        except _MaskValuesError as error:
+            raise ValueError(f"Sample {sample_id!r}: {error}") from None
+        if lossy:
+            notes["jpeg_mask"] += 1
         if label_map.shape != (height, width):
             if candidates or spec.annotation_format == AnnotationFormat.BINARY_MASK:
                 skip(
@@ -604,8 +711,8 @@ def decode_example(example: Mapping[str, Any], spec: AnnotationSpec, sample_id: 
             masks.append(mask)
     if not masks:
         skip("no_objects", "no valid object")
-        return DecodedExample(image, np.zeros((0, height, width), dtype=bool), skipped)
-    return DecodedExample(image, np.stack(masks), skipped)
+        return DecodedExample(image, np.zeros((0, height, width), dtype=bool), skipped, notes)
+    return DecodedExample(image, np.stack(masks), skipped, notes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -615,11 +722,13 @@ def decode_example(example: Mapping[str, Any], spec: AnnotationSpec, sample_id: 
 
 def _encoded_image(value: Mapping[str, Any], image: Image.Image) -> dict[str, Any]:
     """
-    The `image` column's value for a decoded RGB `image` read from the undecoded `value` (`{"bytes", "path"}`): the
-    original file bytes when the file is already RGB (no re-encoding, so a JPEG stays a JPEG), else a lossless PNG.
+    The `image` column's value for a decoded upright RGB `image` read from the undecoded `value` (`{"bytes",
+    "path"}`): the original file bytes when the file is already upright RGB (no re-encoding, so a JPEG stays a JPEG),
+    else a lossless PNG, so that no later reader depends on applying an EXIF orientation.
     """
     original = value["bytes"] if value.get("bytes") is not None else Path(value["path"]).read_bytes()
-    if Image.open(io.BytesIO(original)).mode == "RGB":  # reads the header only
+    header = Image.open(io.BytesIO(original))  # reads the header only
+    if header.mode == "RGB" and header.getexif().get(ORIENTATION_TAG, 1) == 1:
         return {"bytes": original, "path": None}
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -628,7 +737,7 @@ def _encoded_image(value: Mapping[str, Any], image: Image.Image) -> dict[str, An
 
 def _normalize_batch(batch: dict[str, list], indices: list[int], spec: AnnotationSpec) -> dict[str, list]:
     """`datasets.map` function: rows of any format -> normalized rows plus per-row skip reasons."""
-    output = {"sample_id": [], "image": [], "masks": [], "num_objects": [], "skip_reasons": []}
+    output = {"sample_id": [], "image": [], "masks": [], "num_objects": [], "skip_reasons": [], "note_reasons": []}
     for position, row_index in enumerate(indices):
         example = {column: values[position] for column, values in batch.items()}
         sample_id = str(example[spec.id_column]) if spec.id_column is not None else str(row_index)
@@ -639,6 +748,7 @@ def _normalize_batch(batch: dict[str, list], indices: list[int], spec: Annotatio
         output["masks"].append([encode_rle(mask) for mask in decoded.masks])
         output["num_objects"].append(len(decoded.masks))
         output["skip_reasons"].append([reason for reason, count in decoded.skipped.items() for _ in range(count)])
+        output["note_reasons"].append([reason for reason, count in decoded.notes.items() for _ in range(count)])
     return output
 
 
@@ -691,6 +801,7 @@ def prepare_dataset(
     features = NORMALIZED_FEATURES.copy()
     features["num_objects"] = datasets.Value("int64")
     features["skip_reasons"] = datasets.List(datasets.Value("string"))
+    features["note_reasons"] = datasets.List(datasets.Value("string"))
     normalized = source.map(
         _normalize_batch,
         batched=True,
@@ -712,15 +823,19 @@ def prepare_dataset(
             "Pass another id_column, or id_column=None to use row indices."
         )
     kept_rows = []
-    for row, (sample_id, reasons) in enumerate(zip(sample_ids, normalized["skip_reasons"], strict=True)):
-        for reason, count in Counter(reasons).items():
+    rows = zip(sample_ids, normalized["skip_reasons"], normalized["note_reasons"], strict=True)
+    for row, (sample_id, reasons, note_reasons) in enumerate(rows):
+        for reason, count in (Counter(reasons) + Counter(note_reasons)).items():
             report.add(reason, sample_id, count)
         if not ROW_SKIP_REASONS.intersection(reasons):
             kept_rows.append(row)
     num_objects = np.asarray(normalized["num_objects"])
-    normalized = normalized.select(kept_rows).remove_columns(["num_objects", "skip_reasons"])
+    normalized = normalized.select(kept_rows).remove_columns(["num_objects", "skip_reasons", "note_reasons"])
     report.kept_images = len(kept_rows)
     report.kept_objects = int(num_objects[kept_rows].sum())
+    for reason, count in sorted(report.notes.items()):
+        examples = ", ".join(report.examples[reason])
+        logger.warning(f"{count} masks: {reason}: {NOTE_REASONS[reason]}; e.g. samples {examples}.")
     return normalized, report
 
 
@@ -759,11 +874,11 @@ def load_image_mask_folder(
     Returns:
         `datasets.Dataset` with columns `sample_id` (the relative path without extension), `image` and the mask
         column (`mask`, `instance_mask` or `semantic_mask`, so that detection picks the format), sorted by
-        `sample_id`.
+        `sample_id`. An image without a mask file (or a mask without an image file) is a row whose mask (or image) is
+        `None`: [`prepare_dataset`] skips and counts it (`missing_mask`, `missing_image`), or raises in strict mode.
 
     Raises:
-        `ValueError`: when a sub-folder is missing or empty, a stem has two files, or an image has no mask (or the
-        reverse), naming up to five offending files.
+        `ValueError`: when a sub-folder is missing or empty, or a stem has two files.
     """
     annotation_format = AnnotationFormat(annotation_format)
     if annotation_format not in FOLDER_MASK_COLUMNS:
@@ -786,17 +901,14 @@ def load_image_mask_folder(
         return files
 
     images, masks = files_by_stem(images_subdir), files_by_stem(masks_subdir)
-    for missing, present, kind in ((masks, images, "masks"), (images, masks, "images")):
-        unpaired = sorted(set(present) - set(missing))
-        if unpaired:
-            raise ValueError(f"{len(unpaired)} files have no matching {kind} in {directory}: e.g. {unpaired[:5]}.")
-    stems = sorted(images)
+    stems = sorted(set(images) | set(masks))
     mask_column = FOLDER_MASK_COLUMNS[annotation_format]
     dataset = datasets.Dataset.from_dict(
         {
             "sample_id": stems,
-            "image": [str(images[stem]) for stem in stems],
-            mask_column: [str(masks[stem]) for stem in stems],
-        }
+            "image": [str(images[stem]) if stem in images else None for stem in stems],
+            mask_column: [str(masks[stem]) if stem in masks else None for stem in stems],
+        },
+        features=datasets.Features({name: datasets.Value("string") for name in ("sample_id", "image", mask_column)}),
     )
     return dataset.cast_column("image", datasets.Image()).cast_column(mask_column, datasets.Image())
