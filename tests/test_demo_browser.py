@@ -41,7 +41,7 @@ WAIT = 30  # seconds for any one thing to appear on the page
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1250",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1400",
 )  # fmt: skip
 
 
@@ -141,15 +141,15 @@ def test_click_segments_with_both_models_offline(demo_url, browser, tmp_path):
     browser.get(demo_url)
     assert "adapted" in wait.until(lambda d: text_of(d, "models")) and "base SAM" in text_of(browser, "models")
 
-    # Load the first example (plates-0) from the gallery.
+    # Load the first example (face_parts-0) from the gallery.
     thumbnail = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button img, #examples img"))[0]
     thumbnail.click()
-    wait.until(lambda d: "plates-0.png" in text_of(d, "status"))
+    wait.until(lambda d: "face_parts-0.png" in text_of(d, "status"))
     panels = [wait.until(lambda d, i=i: d.find_element(By.CSS_SELECTOR, f"#panel-{i} img")) for i in range(2)]
     before = [panel.get_attribute("src") for panel in panels]
 
-    # Click inside the plate: the object pixel nearest to the plate's centroid, in display pixels.
-    scene = generate_scene("plates", split="validation", index=0)
+    # Click inside the face: the object pixel nearest to the object's centroid, in display pixels.
+    scene = generate_scene("face_parts", split="validation", index=0)
     ys, xs = np.nonzero(scene.objects[0].mask)
     nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
     frame = DisplayFrame.for_image(Image.fromarray(scene.image))

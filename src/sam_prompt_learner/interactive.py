@@ -50,7 +50,7 @@ ADAPTED, BASE = "adapted", "base"
 
 DISPLAY_SIZE = 512  # longest side, in screen pixels, of the images the app shows
 METRICS_NAME = "metrics.json"  # written by examples/train.py next to the adapted model; names its base
-EXAMPLE_TASKS = ("plates", "face_parts", "banners", "generic")
+EXAMPLE_TASKS = ("face_parts", "plates", "banners", "generic")  # face_parts first: adaptation shows most
 EXAMPLES_PER_TASK = 2
 EXAMPLE_PHOTOGRAPHS = ("coffee", "chelsea", "astronaut", "rocket")  # scikit-image's bundled samples (offline)
 EXAMPLE_PHOTOGRAPH_SIZE = 384  # longest side; the embedded SAM sees 128 px, a ViT SAM 1024
