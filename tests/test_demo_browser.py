@@ -25,10 +25,12 @@ from sam_prompt_learner import SamPromptLearnerModel, embedded_model_path, save_
 from sam_prompt_learner.data.synthetic import generate_scene
 from sam_prompt_learner.interactive import DisplayFrame
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# Debian's package, other distributions' name, or Chrome (GitHub's Ubuntu images); never downloaded by the test.
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
+    reason="no Chromium and chromedriver: apt-get install chromium chromium-driver (.ci/run installs them)",
 )
 webdriver = pytest.importorskip("selenium.webdriver", reason="the test extra installs selenium")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -41,7 +43,7 @@ WAIT = 30  # seconds for any one thing to appear on the page
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1400",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1700",
 )  # fmt: skip
 
 
@@ -167,6 +169,12 @@ def test_click_segments_with_both_models_offline(demo_url, browser, tmp_path):
     after = [browser.find_element(By.CSS_SELECTOR, f"#panel-{i} img").get_attribute("src") for i in range(2)]
     assert all(new != old for new, old in zip(after, before, strict=True))
     assert "ms per prompt" in text_of(browser, "status")
+
+    # On request, the base's three candidates, each with its predicted IoU, one marked as its choice.
+    browser.find_element(By.CSS_SELECTOR, "#show-candidates input").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#candidates img")) == 3)
+    captions = browser.find_element(By.ID, "candidates").text
+    assert captions.count("predicted IoU") == 3 and captions.count("its choice") == 1
 
     screenshot = tmp_path / "demo.png"
     assert browser.save_screenshot(str(screenshot))

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from tiny import save_tiny_sam
 
 from sam_prompt_learner import SamPromptLearnerModel, embedded_model_path, save_trained_parts
 from sam_prompt_learner.demo import load_demo_models, register_demo_command
-from sam_prompt_learner.inference import load_for_inference, predict_mask, register_predict_command
+from sam_prompt_learner.inference import predict_mask, register_predict_command
 from sam_prompt_learner.interactive import (
     ADAPTED,
     BASE,
@@ -267,6 +269,13 @@ def test_the_gradio_app_builds(models):
     assert {"panel-0", "panel-1", "score-0", "score-1", "examples", "upload", "undo", "clear", "downloads"} <= ids
 
 
-def test_load_for_inference_names_a_missing_directory(tmp_path):
-    with pytest.raises(ValueError, match="no such model directory"):
-        load_for_inference(str(tmp_path / "nothing"))
+def test_the_space_app_builds_from_its_variables(adapted_parts, monkeypatch):
+    pytest.importorskip("gradio", reason="the [demo] extra installs gradio")
+    monkeypatch.setenv("SAM_PROMPT_LEARNER_MODEL", str(adapted_parts))
+    monkeypatch.delenv("SAM_PROMPT_LEARNER_COMPARE", raising=False)
+    app = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "space" / "app.py"))
+    assert [(m.name, m.role) for m in app["models"]] == [
+        (str(adapted_parts), ADAPTED),
+        (recorded_base_model(str(adapted_parts)), BASE),
+    ]
+    assert app["demo"].title.startswith("sam-prompt-learner")

@@ -127,7 +127,10 @@ def build_demo(models: list[DemoModel]):
             for index, (mask, score) in enumerate(zip(result.masks, result.scores, strict=True)):
                 chosen = " (its choice)" if index == result.best_index else ""
                 candidates.append(
-                    (frame.render(session.image, session.state, mask), f"{index + 1}: IoU {score:.3f}{chosen}")
+                    (
+                        frame.render(session.image, session.state, mask),
+                        f"{index + 1}: predicted IoU {score:.3f}{chosen}",
+                    )
                 )
         downloads = None
         if answers:
@@ -212,8 +215,10 @@ def build_demo(models: list[DemoModel]):
                 scale=2,
             )  # fmt: skip
         status = gr.Markdown(elem_id="status")
-        candidates = gr.Gallery(label="candidates (predicted IoU)", columns=3, height=260, visible=False,
-                                allow_preview=False, elem_id="candidates")  # fmt: skip
+        candidates = gr.Gallery(
+            label=f"the three candidates of {panel_label(candidates_of)}", columns=3, height="auto", visible=False,
+            object_fit="contain", allow_preview=False, elem_id="candidates",
+        )  # fmt: skip
         with gr.Row():
             example_gallery = gr.Gallery(
                 [(example.image, example.name) for example in examples], label="Examples: click one",
