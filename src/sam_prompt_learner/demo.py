@@ -102,8 +102,11 @@ def build_demo(models: list[DemoModel]):
         errors = [f"\n\n⚠️ {m.error}" for m in models if m.error]
         return line + "".join(errors)
 
+    downloads_root = Path(tempfile.mkdtemp(prefix="sam-prompt-learner-demo-"))
+
     def view(session: InteractiveSession | None, show_candidates: bool, message: str = ""):
-        """Everything the page shows for a session: panels, scores, candidates, downloads, status."""
+        """Everything the page shows for a session: panels, scores, candidates, downloads, and the status line
+        (`message` when given: a hint, or an error starting with a warning sign)."""
         if session is None or session.image is None:
             empty = [None] * len(models) + ["Pick an example or upload an image."] * len(models)
             return [*empty, gr.update(value=None, visible=show_candidates), None, message]
@@ -135,11 +138,12 @@ def build_demo(models: list[DemoModel]):
         downloads = None
         if answers:
             first = answers[0].result
-            downloads = [str(path) for path in session.save_downloads(
-                tempfile.mkdtemp(prefix="sam-demo-"), first.mask if first is not None else None)]  # fmt: skip
+            # One folder per session, rewritten after each prompt (Gradio serves copies of the files).
+            directory = downloads_root / str(id(session))
+            downloads = [str(path) for path in session.save_downloads(directory, first.mask if first else None)]
         timing = [f"image encoded once in {1000 * session.encode_seconds:.0f} ms (reused for every prompt)"]
         timing += [f"{panel_label(a.model)}: {1000 * a.seconds:.0f} ms per prompt" for a in answers if a.result]
-        status = f"⚠️ {message}" if message else f"**{session.image_name}** · " + " · ".join(timing)
+        status = message or f"**{session.image_name}** · " + " · ".join(timing)
         return [*panels, *scores, gr.update(value=candidates, visible=show_candidates), downloads, status]
 
     def load_image(session, image, name, show_candidates):
@@ -147,7 +151,7 @@ def build_demo(models: list[DemoModel]):
         try:
             session.load_image(image, name)
         except ValueError as error:
-            return [session, *view(session, show_candidates, str(error))]
+            return [session, *view(session, show_candidates, f"⚠️ {error}")]
         return [session, *view(session, show_candidates)]
 
     def pick_example(session, show_candidates, event: gr.SelectData):
@@ -162,18 +166,18 @@ def build_demo(models: list[DemoModel]):
         except ValueError as error:
             # The message names Gradio's temporary copy; the person knows the file by its name.
             message = str(error).replace(str(path), Path(path).name)
-            return [session, *view(session, show_candidates, message)]
+            return [session, *view(session, show_candidates, f"⚠️ {message}")]
         return load_image(session, image, Path(path).name, show_candidates)
 
     def click(session, kind, show_candidates, event: gr.SelectData):
         if session is None or session.image is None:
-            return [session, *view(session, show_candidates, "Load an image first: upload one or pick an example.")]
+            return [session, *view(session, show_candidates, "⚠️ Load an image first: upload one or pick an example.")]
         u, v = event.index
         x, y = DisplayFrame.for_image(session.image).to_image(u, v)
         try:
             session.add_prompt(kind, x, y)
         except ValueError as error:
-            return [session, *view(session, show_candidates, str(error))]
+            return [session, *view(session, show_candidates, f"⚠️ {error}")]
         message = "Box: now click the opposite corner." if session.state.box_corner is not None else ""
         return [session, *view(session, show_candidates, message)]
 
@@ -225,8 +229,10 @@ def build_demo(models: list[DemoModel]):
                 columns=6, height=260, allow_preview=False, elem_id="examples", scale=3,
             )  # fmt: skip
             with gr.Column(scale=1):
-                upload_image = gr.Image(label="Upload an image", type="filepath", sources=["upload", "clipboard"],
-                                        height=150, elem_id="upload")  # fmt: skip
+                # A file, not gr.Image: Gradio would decode an image before the handler, and fail on a broken one
+                # with no message of ours.
+                upload_file = gr.File(label="Upload an image", file_types=["image"], type="filepath", height=120,
+                                      elem_id="upload")  # fmt: skip
                 downloads = gr.File(label="Download: image, mask, prompts.json", file_count="multiple",
                                     interactive=False, elem_id="downloads")  # fmt: skip
         gr.Markdown(
@@ -237,7 +243,7 @@ def build_demo(models: list[DemoModel]):
 
         outputs = [session, *panel_images, *panel_scores, candidates, downloads, status]
         example_gallery.select(pick_example, [session, show_candidates], outputs)
-        upload_image.upload(upload, [session, upload_image, show_candidates], outputs)
+        upload_file.upload(upload, [session, upload_file, show_candidates], outputs)
         for panel in panel_images:
             panel.select(click, [session, kind, show_candidates], outputs)
         undo_button.click(undo, [session, show_candidates], outputs)
