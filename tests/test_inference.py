@@ -206,3 +206,8 @@ def test_cli_rejects_bad_input_with_exit_code_2(checkpoint, tmp_path, capsys):
     assert run_predict(["--model", str(tmp_path / "nowhere"), "--image", str(tmp_path / "photo.png"),
                         "--point", "1,1", *output]) == 2  # fmt: skip
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_load_for_inference_names_a_missing_directory(tmp_path):
+    with pytest.raises(ValueError, match="no such model directory"):
+        load_for_inference(str(tmp_path / "nothing"))

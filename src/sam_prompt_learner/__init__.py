@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration
 
 from .configuration_prompt_learner import PromptLearnerConfig
 from .embedded import TINY_SAM, embedded_model_path
-from .inference import load_for_inference, predict_mask
+from .inference import encode_image, load_for_inference, predict_mask
 from .lora import LORA_TARGETS, sam_lora_config
 from .modeling_prompt_learner import (
     DEFAULT_TRAINABLE_PARTS,
@@ -52,6 +52,7 @@ __all__ = [
     "TINY_SAM",
     "check_processor_matches_config",
     "embedded_model_path",
+    "encode_image",
     "load_for_inference",
     "load_trained_parts",
     "predict_mask",

@@ -3,6 +3,7 @@
     sam-prompt-learner evaluate --model facebook/sam-vit-base --dataset plates --split test --output scores.json
     sam-prompt-learner predict --model outputs/plates --image car.jpg --point 120,88 --output car-mask.png
     sam-prompt-learner push outputs/plates --repo-id your-name/sam-plates
+    sam-prompt-learner demo --model outputs/plates
 
 `evaluate` scores any SAM checkpoint (plain `sam` or adapted `sam_prompt_learner`; a plain SAM loads with an identity
 prompt learner, so it answers exactly as SAM) on a dataset with the deterministic evaluation prompts of
@@ -21,6 +22,7 @@ from .data import PromptConfig, build_embedding_cache, load_segmentation_dataset
 from .data.formats import AnnotationFormat
 from .data.prompts import POINT_PLACEMENTS, PROMPT_MODES
 from .data.synthetic import SPLITS, SYNTHETIC_TASKS
+from .demo import register_demo_command
 from .evaluation import MASK_SELECTIONS, evaluate_model, prompt_robustness
 from .hub import register_push_command
 from .inference import register_predict_command
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_predict_command(commands)
     register_push_command(commands)
+    register_demo_command(commands)
     return parser
 
 

@@ -80,6 +80,19 @@ class PromptSpec:
         points = [tuple(point) for point in (*positive, *negative)]
         return cls(points, [1] * len(positive) + [0] * len(negative), tuple(box) if box is not None else None)
 
+    def to_json(self) -> dict[str, Any]:
+        """This prompt as one entry of a `--prompts` file (see [`read_prompts_file`]); keys without values are left
+        out. Point order within each kind is kept; SAM's answer does not depend on the order of its prompt tokens."""
+        entry: dict[str, Any] = {}
+        for key, label in (("points", 1), ("negative_points", 0)):
+            chosen = [list(point) for point, point_label in zip(self.points, self.point_labels, strict=True)
+                      if point_label == label]  # fmt: skip
+            if chosen:
+                entry[key] = chosen
+        if self.box is not None:
+            entry["box"] = list(self.box)
+        return entry
+
 
 @dataclass
 class PredictionResult:
@@ -150,6 +163,7 @@ def predict_mask(
     point_labels: Sequence[int] | None = None,
     box: Sequence[float] | None = None,
     multimask_output: bool = True,
+    image_embeddings: torch.Tensor | None = None,
 ) -> PredictionResult:
     """
     Segment the object one prompt points at.
@@ -163,6 +177,9 @@ def predict_mask(
         box (`tuple[float, float, float, float]`, *optional*): box prompt `(x0, y0, x1, y1)` in image pixels.
         multimask_output (`bool`, *optional*, defaults to `True`): ask for SAM's three candidate masks and keep the
             one with the highest predicted IoU (SAM's own choice); `False` asks for the single-mask output.
+        image_embeddings (`torch.Tensor` of shape `(1, C, E, E)`, *optional*): this image's embedding from
+            [`encode_image`] with the same model; given, the image encoder does not run (an interactive session
+            encodes each image once and reuses it for every prompt).
 
     Returns:
         [`PredictionResult`], masks at the image's size `(H, W)`.
@@ -187,6 +204,9 @@ def predict_mask(
         for name, value in inputs.items()
         if name in ("pixel_values", "input_points", "input_labels", "input_boxes")
     }
+    if image_embeddings is not None:
+        model_inputs.pop("pixel_values")
+        model_inputs["image_embeddings"] = image_embeddings.to(model.device, model.dtype)
     outputs = model(**model_inputs, multimask_output=multimask_output)
     masks = processor.post_process_masks(
         outputs.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
@@ -200,6 +220,23 @@ def predict_mask(
         scores=scores.numpy(),
         best_index=best_index,
     )
+
+
+@torch.no_grad()
+def encode_image(model: SamPromptLearnerModel, processor: SamProcessor, image: Image.Image) -> torch.Tensor:
+    """
+    Run the image encoder once, for [`predict_mask`]'s `image_embeddings`.
+
+    Args:
+        model ([`SamPromptLearnerModel`] or `SamModel`): the model, on the device to run on.
+        processor (`SamProcessor`): a processor whose geometry matches the model.
+        image (`PIL.Image.Image`): the image, any mode (converted to RGB).
+
+    Returns:
+        `torch.Tensor` of shape `(1, C, E, E)` on the model's device (C = 256, E = 64 for every Meta SAM).
+    """
+    pixel_values = processor.image_processor(to_rgb(image), return_tensors="pt")["pixel_values"]
+    return model.get_image_embeddings(pixel_values.to(model.device, model.dtype))
 
 
 def overlay_path_for(mask_path: str | os.PathLike) -> Path:
@@ -284,7 +321,14 @@ def load_for_inference(
     Returns:
         `(model, processor)`, the model in eval mode on `device`; the processor is the checkpoint's (for trained
         parts, the base's) or, when it ships none, one built for the model's config.
+
+    Raises:
+        `ValueError`: a path (absolute, or starting with `.`) that is not a directory, or a malformed directory;
+        `OSError`: a Hub id that cannot be found or fetched.
     """
+    path = Path(model_name_or_path)
+    if (path.is_absolute() or str(model_name_or_path).startswith(".")) and not path.is_dir():
+        raise ValueError(f"{model_name_or_path}: no such model directory.")  # not a Hub id either
     if is_trained_parts_directory(model_name_or_path):
         model = load_trained_parts(model_name_or_path, base_model_name_or_path)
         processor_source = base_model_name_or_path or trained_parts_base(model_name_or_path)
