@@ -1,7 +1,7 @@
-"""Tiny SAM geometry shared by the tests: 128 px images, 8x8 image embeddings, 32x32 mask logits."""
+"""Tiny SAM, SAM-HQ and SAM 2 geometry shared by the tests: 128 px images, 8x8 image embeddings, 32x32 mask logits."""
 
 import torch
-from transformers import SamConfig, SamModel
+from transformers import Sam2Config, SamConfig, SamHQConfig, SamModel
 
 from sam_prompt_learner.processing import SamPromptLearnerImageProcessor, processor_for_config
 
@@ -22,6 +22,48 @@ def tiny_config(config_class=SamConfig, image_size: int = IMAGE_SIZE, **extra):
             global_attn_indexes=[1],
             num_pos_feats=16,
             mlp_ratio=2.0,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=8),
+        mask_decoder_config=dict(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+        ),
+        **extra,
+    )
+
+
+def tiny_sam_hq_config(config_class=SamHQConfig, image_size: int = IMAGE_SIZE, **extra):
+    """SAM-HQ at the tiny SAM's geometry; the decoder's `vit_dim` is the ViT width (32)."""
+    sam = tiny_config(image_size=image_size).to_dict()
+    return config_class(
+        vision_config=sam["vision_config"],
+        prompt_encoder_config=sam["prompt_encoder_config"],
+        mask_decoder_config={**sam["mask_decoder_config"], "vit_dim": 32},
+        **extra,
+    )
+
+
+def tiny_sam2_config(config_class=Sam2Config, image_size: int = IMAGE_SIZE, **extra):
+    """SAM 2 at the tiny SAM's geometry: a 5-block Hiera (strides 4, 8, 16, 32) whose FPN gives the decoder 32 x 32,
+    16 x 16 and 8 x 8 features. Hiera's global-attention block must not start a stage (transformers divides by its
+    window size of 0 there), hence two blocks in the third stage."""
+    return config_class(
+        vision_config=dict(
+            model_type="sam2_vision_model",
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model",
+                hidden_size=8,
+                num_attention_heads=1,
+                image_size=[image_size, image_size],
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 2, 2],
+                window_size_per_stage=[4, 4, 4, 2],
+                global_attention_blocks=[3],
+                window_positional_embedding_background_size=[2, 2],
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[image_size // size] * 2 for size in (4, 8, 16)],
+            fpn_hidden_size=32,
         ),
         prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=8),
         mask_decoder_config=dict(
