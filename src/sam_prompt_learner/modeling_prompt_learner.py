@@ -82,6 +82,8 @@ class SamPromptLearnerOutput(ModelOutput):
     focal_loss, dice_loss, iou_loss, point_matching_loss, boundary_point_loss (`torch.FloatTensor` of shape `()`):
         Unweighted loss terms, averaged over the valid prompts (the trained mask of each prompt; the IoU loss over
         every returned mask).
+    object_score_loss (`torch.FloatTensor` of shape `()`, SAM 2 only):
+        BCE of the object-score logit against "the ground-truth mask is non-empty", averaged over the valid prompts.
     vision_hidden_states, vision_attentions, mask_decoder_attentions:
         As in `SamImageSegmentationOutput`.
     """
@@ -97,6 +99,7 @@ class SamPromptLearnerOutput(ModelOutput):
     iou_loss: torch.FloatTensor | None = None
     point_matching_loss: torch.FloatTensor | None = None
     boundary_point_loss: torch.FloatTensor | None = None
+    object_score_loss: torch.FloatTensor | None = None
     vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     vision_attentions: tuple[torch.FloatTensor, ...] | None = None
     mask_decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -591,6 +594,13 @@ class PromptLearnerMixin:
             "point_matching_loss": config.point_matching_loss_weight,
             "boundary_point_loss": config.boundary_point_loss_weight,
         }
+        if output.object_score_logits is not None:
+            object_logits = output.object_score_logits.reshape(-1)[valid]  # (V,)
+            object_present = targets.flatten(1).any(dim=1).to(object_logits.dtype)
+            terms["object_score_loss"] = F.binary_cross_entropy_with_logits(
+                object_logits, object_present, reduction="none"
+            )
+            weights["object_score_loss"] = config.object_score_loss_weight
         # Averaged over valid prompts; a batch of padding only gives a zero loss that still has a graph.
         denominator = max(num_valid, 1)
         output.loss = pred_masks.sum() * 0.0
