@@ -3,6 +3,7 @@ Auto classes, the loss and its gradients, a short training run."""
 
 import pytest
 import torch
+from peft import get_peft_model
 from safetensors.torch import load_file
 from tiny import IMAGE_SIZE, tiny_sam2_config, tiny_sam_hq_config
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, Sam2Model, SamHQModel
@@ -13,7 +14,11 @@ from sam_prompt_learner import (
     SamHQPromptLearnerConfig,
     SamHQPromptLearnerModel,
     load_prompt_learner_model,
+    load_trained_parts,
+    sam_lora_config,
+    save_trained_parts,
 )
+from sam_prompt_learner.hub import model_card
 
 FAMILIES = {
     "sam_hq": (SamHQModel, SamHQPromptLearnerModel, SamHQPromptLearnerConfig, tiny_sam_hq_config),
@@ -218,3 +223,61 @@ def test_a_short_training_run_lowers_the_loss(family):
         optimizer.step()
         losses.append(output.loss.item())
     assert losses[-1] < 0.7 * losses[0], (losses[0], losses[-1])
+
+
+def test_trained_parts_and_lora_adapters_round_trip(family, tmp_path):
+    """The small checkpoints (trained parts; a peft adapter with LoRA on both targets) load back over the base into
+    the family's class with the adapted outputs."""
+    name, base, model_class, directory = family
+    torch.manual_seed(0)
+    model = model_class.from_pretrained(directory).eval()
+    with torch.no_grad():
+        model.prompt_learner.out_proj.weight.normal_(std=0.5)  # as after training
+    points, labels, _ = prompts()
+    inputs = dict(input_points=points, input_labels=labels, **cached_inputs(name, base, pixels()))
+    with torch.no_grad():
+        expected = model(**inputs).pred_masks
+    save_trained_parts(model, tmp_path / "parts", parts=["prompt_learner", "point_matching_head"])
+    loaded = load_trained_parts(tmp_path / "parts")
+    assert type(loaded) is model_class
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).pred_masks, expected, rtol=0, atol=1e-5)
+
+    config = sam_lora_config(["mask_decoder", "vision_encoder"], rank=2)
+    lora_model = get_peft_model(model_class.from_pretrained(directory), config)
+    adapted = {key.split(".lora_")[0] for key, _ in lora_model.named_parameters() if ".lora_A" in key}
+    # Every attention projection of the two-way transformer and every qkv of the image encoder, nothing else.
+    targets = {
+        f"base_model.model.{key}"
+        for key, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and (
+            (key.startswith("mask_decoder.transformer.") and key.rsplit(".", 1)[-1].endswith("_proj"))
+            or (key.startswith("vision_encoder.") and key.endswith(".attn.qkv"))
+        )
+    }
+    assert adapted == targets and any("vision_encoder" in key for key in adapted)
+    with torch.no_grad():
+        for key, parameter in lora_model.named_parameters():
+            if ".lora_B" in key:
+                parameter.normal_(std=0.1)
+    lora_model.eval()
+    with torch.no_grad():
+        lora_expected = lora_model(**inputs).pred_masks
+    lora_model.save_pretrained(tmp_path / "adapter")
+    merged = load_trained_parts(tmp_path / "adapter", base_model_name_or_path=str(directory))
+    assert type(merged) is model_class
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).pred_masks, lora_expected, rtol=0, atol=1e-4)
+
+
+def test_model_card_names_the_family(family, tmp_path):
+    from test_hub import run_summary
+
+    name, _, model_class, directory = family
+    model_class.from_pretrained(directory).save_pretrained(tmp_path)
+    run_summary().write(tmp_path / "metrics.json")
+    card = model_card(tmp_path, "user/adapted")
+    assert f"It is a `{model_class.__name__}`" in card.text
+    assert f"from sam_prompt_learner import {model_class.__name__}" in card.text
+    assert name.replace("_", "-") in card.data.tags

@@ -308,6 +308,9 @@ class PromptLearnerMixin:
     embedding the PLM attends to), `_prepare_prompts` and `_decode`.
     """
 
+    # How model cards and messages name the family (set by each family's class).
+    family_name: str
+
     # The new modules are legitimately missing from base checkpoints: they are initialised, not reported as missing.
     _keys_to_ignore_on_load_missing = [r"^prompt_learner\.", r"^point_matching_head\."]
 
@@ -640,6 +643,7 @@ class SamPromptLearnerModel(PromptLearnerMixin, SamModel):
     """
 
     config: PromptLearnerConfig
+    family_name = "SAM"
 
     @merge_with_config_defaults
     @capture_outputs
@@ -720,6 +724,7 @@ class SamHQPromptLearnerModel(PromptLearnerMixin, SamHQModel):
     """
 
     config: SamHQPromptLearnerConfig
+    family_name = "SAM-HQ"
 
     @merge_with_config_defaults
     @capture_outputs
@@ -830,6 +835,7 @@ class Sam2PromptLearnerModel(PromptLearnerMixin, Sam2Model):
     """
 
     config: Sam2PromptLearnerConfig
+    family_name = "SAM 2"
 
     @merge_with_config_defaults
     @capture_outputs
@@ -956,6 +962,15 @@ def prompt_learner_class_for(config: PreTrainedConfig) -> type[PromptLearnerMixi
         f"No prompt-learner model for a {type(config).__name__} (model_type {config.model_type!r}): the supported "
         "families are SAM (`sam`), SAM-HQ (`sam_hq`) and SAM 2 (`sam2`)."
     )
+
+
+def prompt_learner_class_for_model_type(model_type: str) -> type[PromptLearnerMixin]:
+    """The prompt-learner model class whose config has this `model_type` (e.g. `"sam2_prompt_learner"`)."""
+    for model_class in PROMPT_LEARNER_MODEL_CLASSES.values():
+        if model_class.config_class.model_type == model_type:
+            return model_class
+    known = [model_class.config_class.model_type for model_class in PROMPT_LEARNER_MODEL_CLASSES.values()]
+    raise ValueError(f"{model_type!r} is not a prompt-learner model type; known: {known}.")
 
 
 def load_prompt_learner_model(model_name_or_path: str | os.PathLike, **kwargs) -> PromptLearnerMixin:
