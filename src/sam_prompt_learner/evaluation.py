@@ -17,13 +17,20 @@ from torch.utils.data import DataLoader
 from .metrics import dice_from_counts, iou_from_counts, iou_spread_per_object, segmentation_statistics
 from .modeling_prompt_learner import resize_masks
 
-MODEL_INPUT_KEYS = ("pixel_values", "image_embeddings", "input_points", "input_labels", "input_boxes")
+MODEL_INPUT_KEYS = (
+    "pixel_values",
+    "image_embeddings",
+    "intermediate_embeddings",  # SAM-HQ's cached ViT features
+    "input_points",
+    "input_labels",
+    "input_boxes",
+)
 MASK_SELECTIONS = ("predicted_iou", "single", "oracle")
 STATISTICS = ("intersection", "union", "boundary_intersection", "boundary_union")
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The entries of a collated batch that `SamModel.forward` takes."""
+    """The entries of a collated batch that the model's `forward` takes."""
     return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
 
 

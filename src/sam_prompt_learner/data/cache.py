@@ -10,6 +10,10 @@ dataset and its image column, the vision encoder's configuration and weights, th
 storage dtype. Rebuilding with the same inputs reuses the file; any change to one of them writes a new one, so a cache
 computed with another base model or processor is never read back.
 
+The cache stores what the model's mask decoder reads from the image (`image_features.image_feature_shapes`): SAM's
+image embedding; for SAM-HQ also the ViT features its HQ branch reads; for SAM 2 also the two high-resolution feature
+maps its decoder upsamples with. A step from the cache therefore computes exactly what a step from pixels computes.
+
 A cache holds the encoder's output at the time it was built: it is only valid while the vision encoder stays frozen.
 Training the encoder (LoRA on its attention, for example) or augmenting images needs the pixel path instead.
 """
@@ -30,18 +34,25 @@ from PIL import Image
 from torch import nn
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ..image_features import (
+    IMAGE_EMBEDDINGS_COLUMN,
+    encode_image_features,
+    image_encoding_tensors,
+    image_feature_shapes,
+)
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
-IMAGE_EMBEDDINGS_COLUMN = "image_embeddings"
 ORIGINAL_SIZES_COLUMN = "original_sizes"
 RESHAPED_INPUT_SIZES_COLUMN = "reshaped_input_sizes"
+# The columns of a SAM cache; SAM-HQ and SAM 2 caches hold more image features (`image_feature_shapes`).
 EMBEDDING_CACHE_COLUMNS = (IMAGE_EMBEDDINGS_COLUMN, ORIGINAL_SIZES_COLUMN, RESHAPED_INPUT_SIZES_COLUMN)
 
 # Bump when the cached columns or the way they are computed change, so that files written by an older version of this
-# module are not read back as if they were current.
-_CACHE_FORMAT_VERSION = 1
+# module are not read back as if they were current. 2: the per-family image-feature columns.
+_CACHE_FORMAT_VERSION = 2
 
 # Arrow has no bfloat16; float16 halves the disk footprint of float32 for a relative error of about 5e-4.
 _STORAGE_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16"}
@@ -81,8 +92,13 @@ def vision_encoder_digest(vision_encoder: nn.Module) -> str:
     Returns:
         `str`: the 64-character hexadecimal digest.
     """
+    return tensors_digest(vision_encoder.state_dict())
+
+
+def tensors_digest(named_tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 digest of the name, dtype, shape and bytes of every tensor (see [`vision_encoder_digest`])."""
     digest = hashlib.sha256()
-    for name, tensor in vision_encoder.state_dict().items():
+    for name, tensor in named_tensors.items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
         # Viewing the flattened tensor as bytes works for every dtype, bfloat16 included, which numpy cannot represent.
         digest.update(tensor.detach().reshape(-1).view(torch.uint8).cpu().numpy())
@@ -135,6 +151,9 @@ def embedding_cache_fingerprint(
         "image_column": image_column,
         "vision_config": vision_config,
         "vision_encoder_weights": vision_encoder_digest(model.vision_encoder),
+        # SAM 2's features also pass through two decoder projections and a learned embedding.
+        "image_encoding_weights": tensors_digest(image_encoding_tensors(model)),
+        "image_feature_shapes": image_feature_shapes(model.config),
         "image_processor": processor_settings,
         "storage_dtype": _storage_dtype_name(dtype),
     }
@@ -175,7 +194,7 @@ def build_embedding_cache(
             Dataset with an image column of feature type `datasets.Image`. A dataset that changes by row selection
             (`select`, `shuffle`, `filter`) has its indices mapping flattened by `datasets` when the columns are joined,
             i.e. it is rewritten once; shuffle in the `DataLoader` instead to avoid that.
-        model (`SamModel`, a subclass such as `SamPromptLearnerModel`, or a `PeftModel` wrapping one):
+        model (`SamModel`, `SamHQModel`, `Sam2Model`, a prompt-learner subclass, or a `PeftModel` wrapping one):
             Model whose frozen vision encoder computes the embeddings (through `get_image_embeddings`). Its training
             mode is restored on return.
         image_processor (`BaseImageProcessor`):
@@ -200,12 +219,14 @@ def build_embedding_cache(
             (`datasets.is_caching_enabled()`); `False` recomputes the embeddings in every process.
 
     Returns:
-        `datasets.Dataset`: the input dataset with three more columns, formatted with `with_format("torch",
-        columns=EMBEDDING_CACHE_COLUMNS, output_all_columns=True)` (the other columns keep their Python format, e.g.
+        `datasets.Dataset`: the input dataset with more columns, formatted with `with_format("torch",
+        columns=<the new columns>, output_all_columns=True)` (the other columns keep their Python format, e.g.
         PIL images):
         - `"image_embeddings"`: feature `Array3D(shape=(C, E, E), dtype="float32" | "float16")`, read as a float32
           `torch.Tensor` of shape `(C, E, E)` per row (`datasets`' torch format returns float32 for every floating
           column), with `C = vision_config.output_channels` and `E = image_size // patch_size`;
+        - for SAM-HQ and SAM 2, the further feature columns of `image_feature_shapes(model.config)`, stored alike
+          (`intermediate_embeddings`; `high_resolution_features_s0` and `_s1`);
         - `"original_sizes"`: `List(Value("int64"), length=2)`, the image's `(height, width)` before preprocessing;
         - `"reshaped_input_sizes"`: `List(Value("int64"), length=2)`, its `(height, width)` after resizing and before
           padding, i.e. the valid region of the padded `(image_size, image_size)` input frame.
@@ -222,7 +243,9 @@ def build_embedding_cache(
             f"The image column {image_column!r} must have the feature type `datasets.Image`, got {image_feature!r}; "
             f"available columns: {dataset.column_names}."
         )
-    existing_output_columns = [column for column in EMBEDDING_CACHE_COLUMNS if column in dataset.column_names]
+    feature_shapes = image_feature_shapes(model.config)  # {column: shape per image}
+    cache_columns = [*feature_shapes, ORIGINAL_SIZES_COLUMN, RESHAPED_INPUT_SIZES_COLUMN]
+    existing_output_columns = [column for column in cache_columns if column in dataset.column_names]
     if existing_output_columns:
         raise ValueError(f"The dataset already has the column(s) {existing_output_columns} that the cache adds.")
     if cache_dir is None and not dataset.cache_files:
@@ -237,13 +260,12 @@ def build_embedding_cache(
 
     if accelerator is not None:
         model.to(accelerator.device)
-    vision_config = model.config.vision_config
-    embedding_size = vision_config.image_size // vision_config.patch_size
     cache_features = datasets.Features(
         {
-            IMAGE_EMBEDDINGS_COLUMN: datasets.Array3D(
-                shape=(vision_config.output_channels, embedding_size, embedding_size), dtype=storage_dtype_name
-            ),
+            **{
+                column: datasets.Array3D(shape=shape, dtype=storage_dtype_name)
+                for column, shape in feature_shapes.items()
+            },
             ORIGINAL_SIZES_COLUMN: datasets.List(datasets.Value("int64"), length=2),
             RESHAPED_INPUT_SIZES_COLUMN: datasets.List(datasets.Value("int64"), length=2),
         }
@@ -265,9 +287,9 @@ def build_embedding_cache(
             reshaped_input_sizes.append(inputs["reshaped_input_sizes"])  # (1, 2)
         pixel_values = torch.cat(pixel_values).to(vision_parameter.device, vision_parameter.dtype)  # (B, 3, S, S)
         with torch.inference_mode():
-            image_embeddings = model.get_image_embeddings(pixel_values)  # (B, C, E, E)
+            features = encode_image_features(model, pixel_values)  # {column: (B, ...)}
         return {
-            IMAGE_EMBEDDINGS_COLUMN: image_embeddings.to(dtype).cpu().numpy(),
+            **{column: feature.to(dtype).cpu().numpy() for column, feature in features.items()},
             ORIGINAL_SIZES_COLUMN: torch.cat(original_sizes).numpy(),  # (B, 2)
             RESHAPED_INPUT_SIZES_COLUMN: torch.cat(reshaped_input_sizes).numpy(),  # (B, 2)
         }
@@ -297,7 +319,7 @@ def build_embedding_cache(
         model.train(was_training)
 
     cached_dataset = datasets.concatenate_datasets([dataset, embeddings], axis=1)
-    return cached_dataset.with_format("torch", columns=list(EMBEDDING_CACHE_COLUMNS), output_all_columns=True)
+    return cached_dataset.with_format("torch", columns=cache_columns, output_all_columns=True)
 
 
 def _storage_dtype_name(dtype: torch.dtype) -> str:
