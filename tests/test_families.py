@@ -5,7 +5,15 @@ import pytest
 import torch
 from peft import get_peft_model
 from safetensors.torch import load_file
-from tiny import IMAGE_SIZE, tiny_sam2_config, tiny_sam_hq_config
+from tiny import (
+    IMAGE_SIZE,
+    assert_save_load_round_trip,
+    disk_labels,
+    prompt_inputs,
+    prompts,
+    tiny_sam2_config,
+    tiny_sam_hq_config,
+)
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, Sam2Model, SamHQModel
 
 from sam_prompt_learner import (
@@ -38,14 +46,6 @@ def family(request, tmp_path_factory):
     return request.param, base, model_class, directory
 
 
-def prompts(batch_size=2, point_batch_size=3, points_per_prompt=2, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    points = torch.rand(batch_size, point_batch_size, points_per_prompt, 2, generator=generator) * IMAGE_SIZE
-    labels = torch.randint(0, 2, (batch_size, point_batch_size, points_per_prompt), generator=generator)
-    corner = torch.rand(batch_size, point_batch_size, 2, generator=generator) * IMAGE_SIZE / 2
-    return points, labels, torch.cat([corner, corner + IMAGE_SIZE / 3], dim=-1)
-
-
 def pixels(batch_size=2, seed=2):
     return torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
 
@@ -57,15 +57,6 @@ def cached_inputs(name, base, pixel_values):
     if name == "sam_hq":
         return {"image_embeddings": features[0], "intermediate_embeddings": features[1]}
     return {"image_embeddings": features}
-
-
-def disk_labels(batch_size=2, point_batch_size=3, size=IMAGE_SIZE):
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    masks = [
-        ((xs - 30 - 9 * index) ** 2 + (ys - 40 - 5 * index) ** 2 <= (12 + 2 * index) ** 2).float()
-        for index in range(batch_size * point_batch_size)
-    ]
-    return torch.stack(masks).reshape(batch_size, point_batch_size, size, size)
 
 
 def assert_same_outputs(actual, expected, family_name):
@@ -85,12 +76,7 @@ def assert_same_outputs(actual, expected, family_name):
 def test_untrained_prompt_learner_reproduces_the_base(family, kinds, multimask_output, source):
     name, base, model_class, directory = family
     model = model_class.from_pretrained(directory).eval()
-    points, labels, boxes = prompts()
-    inputs = {}
-    if kinds in ("points", "both"):
-        inputs.update(input_points=points, input_labels=labels)
-    if kinds in ("boxes", "both"):
-        inputs["input_boxes"] = boxes
+    inputs = prompt_inputs(kinds)
     inputs.update({"pixel_values": pixels()} if source == "pixels" else cached_inputs(name, base, pixels()))
     with torch.no_grad():
         expected = base(multimask_output=multimask_output, **inputs)
@@ -131,13 +117,7 @@ def test_base_checkpoint_loads_exactly_and_round_trips(family, tmp_path):
     q_proj = plm.layers[0].self_attn.q_proj.weight
     assert torch.isfinite(q_proj).all() and 0 < q_proj.std() < 1  # initialised, not uninitialised memory
 
-    model.save_pretrained(tmp_path)
-    reloaded, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
-    reloaded_state = reloaded.state_dict()
-    assert reloaded_state.keys() == state.keys()
-    for key, tensor in state.items():
-        assert torch.equal(reloaded_state[key], tensor), key
+    assert_save_load_round_trip(model, tmp_path)
 
 
 def test_auto_classes_and_the_family_loader(family, tmp_path):
@@ -281,3 +261,40 @@ def test_model_card_names_the_family(family, tmp_path):
     assert f"It is a `{model_class.__name__}`" in card.text
     assert f"from sam_prompt_learner import {model_class.__name__}" in card.text
     assert name.replace("_", "-") in card.data.tags
+
+
+def test_sam_hq_boundary_points_follow_the_returned_masks(tmp_path):
+    """SAM-HQ returns its multimask outputs sorted by predicted IoU (and the HQ mask alone with `hq_token_only`):
+    the head must read, for each returned mask, the token of that mask."""
+    torch.manual_seed(0)
+    SamHQModel(tiny_sam_hq_config(initializer_range=0.2)).save_pretrained(tmp_path)
+    model = SamHQPromptLearnerModel.from_pretrained(tmp_path).eval()
+    points, labels, _ = prompts()
+    inputs = dict(pixel_values=pixels(), input_points=points, input_labels=labels, output_boundary_points=True)
+    decoder, recorded = model.mask_decoder, {}
+    hooks = [
+        decoder.transformer.register_forward_hook(lambda m, a, out: recorded.__setitem__("tokens", out[0])),
+        decoder.upscale_conv2.register_forward_hook(lambda m, a, out: recorded.__setitem__("features", out)),
+        decoder.iou_prediction_head.register_forward_hook(lambda m, a, out: recorded.__setitem__("iou", out)),
+    ]
+    with torch.no_grad():
+        hq_only = model(**inputs, hq_token_only=True)
+        output = model(**inputs)
+    for hook in hooks:
+        hook.remove()
+    assert hq_only.pred_boundary_points.shape == (2, 3, 1, model.config.num_boundary_points, 2)
+    iou = recorded["iou"][:, :, 1:4]  # (B, P, 3), the multimask scores before sorting
+    tokens = recorded["tokens"]  # (B, P, T, C): IoU token, single-mask token, 3 multimask tokens, ...
+    expected_tokens = torch.empty(2, 3, 3, tokens.shape[-1])
+    permuted = False
+    for b in range(2):
+        for p in range(3):
+            ranked = sorted(range(3), key=lambda k: -iou[b, p, k].item())
+            permuted |= ranked != [0, 1, 2]
+            for k, source in enumerate(ranked):
+                expected_tokens[b, p, k] = tokens[b, p, 2 + source]
+    assert permuted  # the sort really reorders some masks here
+    features = decoder.activation(recorded["features"]).reshape(2, 3, *recorded["features"].shape[1:])
+    with torch.no_grad():
+        expected = model.point_matching_head(expected_tokens, features, output.pred_masks)
+    torch.testing.assert_close(output.pred_boundary_points, expected)

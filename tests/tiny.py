@@ -73,6 +73,49 @@ def tiny_sam2_config(config_class=Sam2Config, image_size: int = IMAGE_SIZE, **ex
     )
 
 
+def prompts(batch_size=2, point_batch_size=3, points_per_prompt=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand(batch_size, point_batch_size, points_per_prompt, 2, generator=generator) * IMAGE_SIZE
+    labels = torch.randint(0, 2, (batch_size, point_batch_size, points_per_prompt), generator=generator)
+    corner = torch.rand(batch_size, point_batch_size, 2, generator=generator) * IMAGE_SIZE / 2
+    boxes = torch.cat([corner, corner + IMAGE_SIZE / 3], dim=-1)
+    return points, labels, boxes
+
+
+def disk_labels(batch_size=2, point_batch_size=3, size=IMAGE_SIZE):
+    """A different disk per prompt, as binary ground-truth masks (B, P, size, size)."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = []
+    for index in range(batch_size * point_batch_size):
+        cx, cy, radius = 30 + 9 * index, 40 + 5 * index, 12 + 2 * index
+        masks.append(((xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2).float())
+    return torch.stack(masks).reshape(batch_size, point_batch_size, size, size)
+
+
+def prompt_inputs(kinds: str) -> dict:
+    """The `prompts()` of one kind as model inputs: `"points"`, `"boxes"` or `"both"`."""
+    points, labels, boxes = prompts()
+    inputs = {}
+    if kinds in ("points", "both"):
+        inputs.update(input_points=points, input_labels=labels)
+    if kinds in ("boxes", "both"):
+        inputs["input_boxes"] = boxes
+    return inputs
+
+
+def assert_save_load_round_trip(model, directory):
+    """Save `model` and check that its class loads it back complete and bit-identical; returns the reloaded model."""
+    state = model.state_dict()
+    model.save_pretrained(directory)
+    reloaded, info = type(model).from_pretrained(directory, output_loading_info=True)
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+    reloaded_state = reloaded.state_dict()
+    assert reloaded_state.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(reloaded_state[name], tensor), name
+    return reloaded
+
+
 def tiny_image_processor(image_size: int = IMAGE_SIZE) -> SamPromptLearnerImageProcessor:
     return processor_for_config(tiny_config(image_size=image_size)).image_processor
 

@@ -299,6 +299,27 @@ def recorded_outputs(modules: dict[str, nn.Module], enabled: bool = True):
             handle.remove()
 
 
+_FORWARD_ARGUMENTS_DOC = r"""
+        Arguments are those of the base model's `forward` (see its documentation), plus:
+
+        labels (`torch.Tensor` of shape `(batch_size, point_batch_size, height, width)`, *optional*):
+            Binary ground-truth mask of each prompt, in the model's input frame (the frame of `pixel_values`; masks
+            from the processor's `segmentation_maps=` qualify), any square resolution. They are resized to the
+            `4E x 4E` logit grid (antialiased bilinear, threshold 0.5). With labels the output holds `loss`.
+            With `multimask_output=True` only the lowest-loss of the three masks is trained (SAM's rule), while the
+            IoU head learns the IoU of all three.
+        prompt_mask (`torch.Tensor` of shape `(batch_size, point_batch_size)`, *optional*):
+            True for real prompts, False for padding prompts (ignored by the loss). All prompts are real by default.
+        output_boundary_points (`bool`, *optional*):
+            Return the point-matching head's boundary points. Defaults to True when `labels` are given.
+"""
+
+
+def _document_forward(forward):
+    forward.__doc__ = _FORWARD_ARGUMENTS_DOC
+    return forward
+
+
 class PromptLearnerMixin:
     r"""
     The prompt learner, the point-matching head, the loss and the trainable parts, shared by every family: mixed into
@@ -372,8 +393,48 @@ class PromptLearnerMixin:
         """Parameters outside `vision_encoder` that compute the decoder's image inputs (none for SAM)."""
         return []
 
+    @merge_with_config_defaults
+    @capture_outputs
+    @_document_forward
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_points: torch.Tensor | None = None,
+        input_labels: torch.LongTensor | None = None,
+        input_boxes: torch.Tensor | None = None,
+        input_masks: torch.LongTensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        attention_similarity: torch.Tensor | None = None,
+        target_embedding: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
+        output_boundary_points: bool | None = None,
+        **kwargs,
+    ) -> SamPromptLearnerOutput:
+        image_features, family_decoder_kwargs = self._split_family_arguments(image_embeddings, kwargs)
+        return self._prompt_learner_forward(
+            pixel_values,
+            image_features,
+            input_points,
+            input_labels,
+            input_boxes,
+            input_masks,
+            multimask_output,
+            labels,
+            prompt_mask,
+            output_boundary_points,
+            dict(attention_similarity=attention_similarity, target_embedding=target_embedding, **family_decoder_kwargs),
+            **kwargs,
+        )
+
     # ----------------------------------------------------------------------------------------------------------------
     # the steps a family implements
+
+    def _split_family_arguments(self, image_embeddings: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """`(image_features, decoder_kwargs)`: the given image features in the family's form and the family's own
+        decoder arguments, popped from `forward`'s `kwargs` (none for SAM and SAM 2, which share SAM's arguments)."""
+        return image_embeddings, {}
 
     def _encode_images(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, ModelOutput]:
         """`(image_features, vision_outputs)`: what the decoder reads, in the form `forward(image_embeddings=...)`
@@ -390,16 +451,9 @@ class PromptLearnerMixin:
             input_labels = torch.ones_like(input_points[:, :, :, 0], dtype=torch.int)
         return input_points, input_labels, input_boxes, input_masks
 
-    def _decode(
-        self,
-        image_features: Any,
-        image_positional_embeddings: torch.Tensor,
-        sparse_embeddings: torch.Tensor | None,
-        dense_embeddings: torch.Tensor,
-        multimask_output: bool,
-        with_mask_features: bool,
-        **decoder_kwargs,
-    ) -> DecodedMasks:
+    def _decode(self, image_features: Any, decoder_arguments: dict[str, Any], with_mask_features: bool) -> DecodedMasks:
+        """Run the family's mask decoder on `image_features` with `decoder_arguments` (the positional embeddings, the
+        sparse (PLM-refined) and dense prompt embeddings, `multimask_output` and the family's own arguments)."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -449,15 +503,14 @@ class PromptLearnerMixin:
         want_points = self.point_matching_head is not None and (
             output_boundary_points if output_boundary_points is not None else labels is not None
         )
-        decoded = self._decode(
-            image_features,
-            image_positional_embeddings,
-            sparse_embeddings,
-            dense_embeddings,
-            multimask_output,
-            with_mask_features=want_points,
+        decoder_arguments = dict(
+            image_positional_embeddings=image_positional_embeddings,
+            sparse_prompt_embeddings=sparse_embeddings,
+            dense_prompt_embeddings=dense_embeddings,
+            multimask_output=multimask_output,
             **decoder_kwargs,
         )
+        decoded = self._decode(image_features, decoder_arguments, with_mask_features=want_points)
         pred_boundary_points = None
         if want_points:
             point_batch_size = decoded.pred_masks.shape[1]
@@ -613,27 +666,6 @@ class PromptLearnerMixin:
             output.loss = output.loss + weights[name] * term
 
 
-_FORWARD_ARGUMENTS_DOC = r"""
-        Arguments are those of the base model's `forward` (see its documentation), plus:
-
-        labels (`torch.Tensor` of shape `(batch_size, point_batch_size, height, width)`, *optional*):
-            Binary ground-truth mask of each prompt, in the model's input frame (the frame of `pixel_values`; masks
-            from the processor's `segmentation_maps=` qualify), any square resolution. They are resized to the
-            `4E x 4E` logit grid (antialiased bilinear, threshold 0.5). With labels the output holds `loss`.
-            With `multimask_output=True` only the lowest-loss of the three masks is trained (SAM's rule), while the
-            IoU head learns the IoU of all three.
-        prompt_mask (`torch.Tensor` of shape `(batch_size, point_batch_size)`, *optional*):
-            True for real prompts, False for padding prompts (ignored by the loss). All prompts are real by default.
-        output_boundary_points (`bool`, *optional*):
-            Return the point-matching head's boundary points. Defaults to True when `labels` are given.
-"""
-
-
-def _document_forward(forward):
-    forward.__doc__ = _FORWARD_ARGUMENTS_DOC
-    return forward
-
-
 class SamPromptLearnerModel(PromptLearnerMixin, SamModel):
     r"""
     SAM with a Prompt Learning Module and a point-matching head; see the module docstring. Loading any SAM checkpoint
@@ -645,71 +677,22 @@ class SamPromptLearnerModel(PromptLearnerMixin, SamModel):
     config: PromptLearnerConfig
     family_name = "SAM"
 
-    @merge_with_config_defaults
-    @capture_outputs
-    @_document_forward
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_points: torch.Tensor | None = None,
-        input_labels: torch.LongTensor | None = None,
-        input_boxes: torch.Tensor | None = None,
-        input_masks: torch.LongTensor | None = None,
-        image_embeddings: torch.Tensor | None = None,
-        multimask_output: bool = True,
-        attention_similarity: torch.Tensor | None = None,
-        target_embedding: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        prompt_mask: torch.Tensor | None = None,
-        output_boundary_points: bool | None = None,
-        **kwargs,
-    ) -> SamPromptLearnerOutput:
-        return self._prompt_learner_forward(
-            pixel_values,
-            image_embeddings,
-            input_points,
-            input_labels,
-            input_boxes,
-            input_masks,
-            multimask_output,
-            labels,
-            prompt_mask,
-            output_boundary_points,
-            dict(attention_similarity=attention_similarity, target_embedding=target_embedding),
-            **kwargs,
-        )
-
     def _encode_images(self, pixel_values, **kwargs):
         # Not get_image_embeddings: it runs under no_grad, which would block LoRA on the encoder.
         vision_outputs = self.vision_encoder(pixel_values, **kwargs)
         return vision_outputs.last_hidden_state, vision_outputs
 
-    def _decode(
-        self,
-        image_features,
-        image_positional_embeddings,
-        sparse_embeddings,
-        dense_embeddings,
-        multimask_output,
-        with_mask_features,
-        **decoder_kwargs,
-    ):
+    def _decode(self, image_features, decoder_arguments, with_mask_features):
         decoder = self.mask_decoder
         recorders = {"tokens": decoder.transformer, "features": decoder.upscale_conv2}
         with recorded_outputs(recorders, enabled=with_mask_features) as recorded:
-            pred_masks, iou_scores = decoder(
-                image_embeddings=image_features,
-                image_positional_embeddings=image_positional_embeddings,
-                sparse_prompt_embeddings=sparse_embeddings,
-                dense_prompt_embeddings=dense_embeddings,
-                multimask_output=multimask_output,
-                **decoder_kwargs,
-            )
+            pred_masks, iou_scores = decoder(image_embeddings=image_features, **decoder_arguments)
         decoded = DecodedMasks(pred_masks, iou_scores)
         if with_mask_features:
             # Tokens (B, P, T, C): the IoU token, the single-mask token, the multimask tokens, then the prompts.
             mask_tokens = recorded["tokens"][0][:, :, 1 : 2 + decoder.num_multimask_outputs]
-            decoded.mask_tokens = mask_tokens[:, :, 1:] if multimask_output else mask_tokens[:, :, :1]
+            multimask = decoder_arguments["multimask_output"]
+            decoded.mask_tokens = mask_tokens[:, :, 1:] if multimask else mask_tokens[:, :, :1]
             decoded.mask_features = decoder.activation(recorded["features"])  # the features the masks are made of
         return decoded
 
@@ -718,53 +701,20 @@ class SamHQPromptLearnerModel(PromptLearnerMixin, SamHQModel):
     r"""
     SAM-HQ with the Prompt Learning Module and the point-matching head of [`SamPromptLearnerModel`] (one shared
     implementation, [`PromptLearnerMixin`]). Any SAM-HQ checkpoint loads with every tensor unchanged; untrained, the
-    outputs are `SamHQModel`'s. The decoder's extra input, the ViT features of the first global-attention block
-    (`intermediate_embeddings`), is passed as for `SamHQModel` (computed from `pixel_values`, or given next to
-    `image_embeddings`). The head reads the SAM mask token of each returned mask and SAM's upscaled features.
+    outputs are `SamHQModel`'s. `forward` takes `SamHQModel.forward`'s two further arguments: `hq_token_only` (`bool`,
+    defaults to `False`: SAM's masks plus the HQ mask; `True`: the HQ mask alone) and `intermediate_embeddings` (the
+    ViT features of the global-attention blocks, `[(B, E, E, D), ...]`, of which the decoder reads the first; computed
+    from `pixel_values`, or given next to `image_embeddings` as `get_image_embeddings` returns them). The head reads
+    the SAM mask token of each returned mask (the HQ token with `hq_token_only`) and SAM's upscaled features.
     """
 
     config: SamHQPromptLearnerConfig
     family_name = "SAM-HQ"
 
-    @merge_with_config_defaults
-    @capture_outputs
-    @_document_forward
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_points: torch.Tensor | None = None,
-        input_labels: torch.LongTensor | None = None,
-        input_boxes: torch.Tensor | None = None,
-        input_masks: torch.LongTensor | None = None,
-        image_embeddings: torch.Tensor | None = None,
-        multimask_output: bool = True,
-        hq_token_only: bool = False,
-        attention_similarity: torch.Tensor | None = None,
-        target_embedding: torch.Tensor | None = None,
-        intermediate_embeddings: list[torch.Tensor] | None = None,
-        labels: torch.Tensor | None = None,
-        prompt_mask: torch.Tensor | None = None,
-        output_boundary_points: bool | None = None,
-        **kwargs,
-    ) -> SamPromptLearnerOutput:
-        return self._prompt_learner_forward(
-            pixel_values,
-            None if image_embeddings is None else (image_embeddings, intermediate_embeddings),
-            input_points,
-            input_labels,
-            input_boxes,
-            input_masks,
-            multimask_output,
-            labels,
-            prompt_mask,
-            output_boundary_points,
-            dict(
-                hq_token_only=hq_token_only,
-                attention_similarity=attention_similarity,
-                target_embedding=target_embedding,
-            ),
-            **kwargs,
-        )
+    def _split_family_arguments(self, image_embeddings, kwargs):
+        intermediate_embeddings = kwargs.pop("intermediate_embeddings", None)
+        image_features = None if image_embeddings is None else (image_embeddings, intermediate_embeddings)
+        return image_features, {"hq_token_only": kwargs.pop("hq_token_only", False)}
 
     def _encode_images(self, pixel_values, **kwargs):
         vision_outputs = self.vision_encoder(pixel_values, **kwargs)
@@ -773,17 +723,7 @@ class SamHQPromptLearnerModel(PromptLearnerMixin, SamHQModel):
     def _image_embeddings_of(self, image_features):
         return image_features[0]
 
-    def _decode(
-        self,
-        image_features,
-        image_positional_embeddings,
-        sparse_embeddings,
-        dense_embeddings,
-        multimask_output,
-        with_mask_features,
-        hq_token_only,
-        **decoder_kwargs,
-    ):
+    def _decode(self, image_features, decoder_arguments, with_mask_features):
         decoder = self.mask_decoder
         image_embeddings, intermediate_embeddings = image_features
         recorders = {
@@ -793,23 +733,16 @@ class SamHQPromptLearnerModel(PromptLearnerMixin, SamHQModel):
         }
         with recorded_outputs(recorders, enabled=with_mask_features) as recorded:
             pred_masks, iou_scores = decoder(
-                image_embeddings=image_embeddings,
-                image_positional_embeddings=image_positional_embeddings,
-                sparse_prompt_embeddings=sparse_embeddings,
-                dense_prompt_embeddings=dense_embeddings,
-                multimask_output=multimask_output,
-                hq_token_only=hq_token_only,
-                intermediate_embeddings=intermediate_embeddings,
-                **decoder_kwargs,
+                image_embeddings=image_embeddings, intermediate_embeddings=intermediate_embeddings, **decoder_arguments
             )
         decoded = DecodedMasks(pred_masks, iou_scores)
         if with_mask_features:
             # Tokens (B, P, T, C): the IoU token, the single-mask token, the multimask tokens, the HQ token, prompts.
             num_sam_masks = 1 + decoder.num_multimask_outputs
             tokens = recorded["tokens"][0]
-            if hq_token_only:
+            if decoder_arguments["hq_token_only"]:
                 decoded.mask_tokens = tokens[:, :, 1 + num_sam_masks : 2 + num_sam_masks]
-            elif multimask_output:
+            elif decoder_arguments["multimask_output"]:
                 # SAM-HQ returns its multimask outputs sorted by predicted IoU; the tokens follow the same order.
                 order = torch.sort(recorded["iou"][:, :, 1:num_sam_masks], dim=2, descending=True).indices
                 multimask_tokens = tokens[:, :, 2 : 1 + num_sam_masks]
@@ -836,40 +769,6 @@ class Sam2PromptLearnerModel(PromptLearnerMixin, Sam2Model):
 
     config: Sam2PromptLearnerConfig
     family_name = "SAM 2"
-
-    @merge_with_config_defaults
-    @capture_outputs
-    @_document_forward
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        input_points: torch.Tensor | None = None,
-        input_labels: torch.LongTensor | None = None,
-        input_boxes: torch.Tensor | None = None,
-        input_masks: torch.LongTensor | None = None,
-        image_embeddings: list[torch.Tensor] | None = None,
-        multimask_output: bool = True,
-        attention_similarity: torch.Tensor | None = None,
-        target_embedding: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        prompt_mask: torch.Tensor | None = None,
-        output_boundary_points: bool | None = None,
-        **kwargs,
-    ) -> SamPromptLearnerOutput:
-        return self._prompt_learner_forward(
-            pixel_values,
-            image_embeddings,
-            input_points,
-            input_labels,
-            input_boxes,
-            input_masks,
-            multimask_output,
-            labels,
-            prompt_mask,
-            output_boundary_points,
-            dict(attention_similarity=attention_similarity, target_embedding=target_embedding, **kwargs),
-            **kwargs,
-        )
 
     def _image_encoding_parameters(self):
         decoder = self.mask_decoder
@@ -909,26 +808,11 @@ class Sam2PromptLearnerModel(PromptLearnerMixin, Sam2Model):
             ).to(input_masks.dtype)
         return input_points, input_labels, input_boxes, input_masks
 
-    def _decode(
-        self,
-        image_features,
-        image_positional_embeddings,
-        sparse_embeddings,
-        dense_embeddings,
-        multimask_output,
-        with_mask_features,
-        **decoder_kwargs,
-    ):
+    def _decode(self, image_features, decoder_arguments, with_mask_features):
         decoder = self.mask_decoder
         with recorded_outputs({"features": decoder.upscale_conv2}, enabled=with_mask_features) as recorded:
             pred_masks, iou_scores, mask_tokens, object_score_logits = decoder(
-                image_embeddings=image_features[-1],
-                image_positional_embeddings=image_positional_embeddings,
-                sparse_prompt_embeddings=sparse_embeddings,
-                dense_prompt_embeddings=dense_embeddings,
-                multimask_output=multimask_output,
-                high_resolution_features=image_features[:-1],
-                **decoder_kwargs,
+                image_embeddings=image_features[-1], high_resolution_features=image_features[:-1], **decoder_arguments
             )
         decoded = DecodedMasks(
             pred_masks,
