@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoProcessor, BaseImageProcessor, SamConfig, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil, _rle_to_mask
+from transformers.utils import logging
 
 from .configuration_prompt_learner import PROMPT_LEARNER_CONFIG_CLASSES
+
+logger = logging.get_logger(__name__)
 
 
 def box_iou(boxes: torch.Tensor, other_boxes: torch.Tensor) -> torch.Tensor:
@@ -221,6 +224,15 @@ def load_processor(model_name_or_path: str, config) -> SamProcessor:
     try:
         processor = SamProcessor(SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path))
     except OSError:  # no preprocessor/processor config in the checkpoint
+        processor = processor_for_config(config)
+    size = processor.image_processor.size
+    if size.get("longest_edge") is None:
+        # SAM 2 checkpoints ship `Sam2ImageProcessor` settings (a square resize, which needs torchvision); this package
+        # feeds every family SAM's frame (longest side resized, padded), which SAM 2's decoder accepts as well.
+        logger.warning(
+            f"{model_name_or_path}'s image processor resizes to {size.get('height')} x {size.get('width')} (SAM 2's "
+            "square resize); using SAM's resize-longest-side-and-pad frame of the same size instead."
+        )
         processor = processor_for_config(config)
     check_processor_matches_config(processor, config)
     return processor
