@@ -98,3 +98,51 @@ def test_a_sam2_checkpoints_square_resize_processor_is_replaced_by_the_matching_
     assert processor.image_processor.size["longest_edge"] == 128
     assert processor.image_processor.pad_size["height"] == processor.image_processor.pad_size["width"] == 128
     check_processor_matches_config(processor, config)
+
+
+# Runs in a fresh interpreter whose HF_HUB_CACHE is set before huggingface_hub reads it at import.
+LOAD_SAM2_BY_ID = r"""
+import json, sys
+from sam_prompt_learner import load_for_inference
+from sam_prompt_learner.training import load_model_and_processor, plan_trainable
+
+model, processor = load_for_inference(sys.argv[1], device="cpu")
+training_model, _ = load_model_and_processor(sys.argv[1], plan_trainable(["prompt_learner", "mask_decoder"]))
+print(json.dumps({
+    "inference": type(model).__name__,
+    "training": type(training_model).__name__,
+    "longest_edge": processor.image_processor.size["longest_edge"],
+    "trainable": sorted({n.split(".")[0] for n, p in training_model.named_parameters() if p.requires_grad}),
+}))
+"""
+
+
+def test_a_sam2_base_downloads_by_id_from_the_hub_cache(tmp_path):
+    """`facebook/sam2.1-hiera-tiny`-style: a plain `sam2` checkpoint with SAM 2's own processor settings, read from
+    the Hub cache by id (offline), loads into `Sam2PromptLearnerModel` for inference and for training."""
+    import os
+
+    from test_hub import write_hub_snapshot
+
+    torch.manual_seed(0)
+    Sam2Model(tiny_sam2_config()).save_pretrained(tmp_path / "checkpoint")
+    settings = {"image_processor_type": "Sam2ImageProcessorFast", "size": {"height": 128, "width": 128},
+                "mask_size": {"height": 32, "width": 32}, "processor_class": "Sam2Processor"}  # fmt: skip
+    (tmp_path / "checkpoint" / "preprocessor_config.json").write_text(json.dumps(settings))
+    files = {path.name: path.read_bytes() for path in (tmp_path / "checkpoint").iterdir()}
+    write_hub_snapshot(tmp_path / "hub", "facebook/sam2.1-hiera-tiny", files)
+    environment = os.environ | {
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SAM2_BY_ID, "facebook/sam2.1-hiera-tiny"],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["inference"] == loaded["training"] == "Sam2PromptLearnerModel"
+    assert loaded["longest_edge"] == 128
+    assert loaded["trainable"] == ["mask_decoder", "prompt_learner"]
