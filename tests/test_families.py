@@ -298,3 +298,22 @@ def test_sam_hq_boundary_points_follow_the_returned_masks(tmp_path):
     with torch.no_grad():
         expected = model.point_matching_head(expected_tokens, features, output.pred_masks)
     torch.testing.assert_close(output.pred_boundary_points, expected)
+
+
+def test_cached_features_per_image_at_the_real_geometries():
+    """The README's memory per cached image, from the configs (no model is built)."""
+    from transformers import Sam2Config, SamConfig, SamHQConfig
+
+    from sam_prompt_learner.image_features import cached_bytes_per_image, image_feature_shapes
+
+    mib = 2**20
+    assert cached_bytes_per_image(SamConfig()) == 4 * mib
+    hq_vit_b = SamHQConfig(vision_config=dict(hidden_size=768), mask_decoder_config=dict(vit_dim=768))
+    assert image_feature_shapes(hq_vit_b)["intermediate_embeddings"] == (64, 64, 768)
+    assert cached_bytes_per_image(hq_vit_b) == 16 * mib and cached_bytes_per_image(hq_vit_b, 2) == 8 * mib
+    assert image_feature_shapes(Sam2Config()) == {
+        "image_embeddings": (256, 64, 64),
+        "high_resolution_features_s0": (32, 256, 256),
+        "high_resolution_features_s1": (64, 128, 128),
+    }
+    assert cached_bytes_per_image(Sam2Config()) == 16 * mib

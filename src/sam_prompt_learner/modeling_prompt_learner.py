@@ -324,9 +324,10 @@ class PromptLearnerMixin:
     r"""
     The prompt learner, the point-matching head, the loss and the trainable parts, shared by every family: mixed into
     the family's transformers model (`class SamPromptLearnerModel(PromptLearnerMixin, SamModel)`), it adds the two
-    modules and runs `forward` as prompt encoder -> PLM -> mask decoder (-> head, loss). A family implements the four
-    steps that differ: `_encode_images` (pixels -> what the decoder reads), `_image_embeddings_of` (the `(B, C, E, E)`
-    embedding the PLM attends to), `_prepare_prompts` and `_decode`.
+    modules and runs `forward` as prompt encoder -> PLM -> mask decoder (-> head, loss). A family implements the steps
+    that differ: `_split_family_arguments` (its own `forward` arguments), `_encode_images` (pixels -> what the decoder
+    reads), `_image_embeddings_of` (the `(B, C, E, E)` embedding the PLM attends to), `_prepare_prompts`, `_decode`
+    and, where image encoding uses parameters outside the vision encoder, `_image_encoding_parameters`.
     """
 
     # How model cards and messages name the family (set by each family's class).

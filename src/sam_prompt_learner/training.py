@@ -107,9 +107,9 @@ def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
 def load_model_and_processor(
     model_name_or_path: str, plan: TrainablePlan, *, lora_rank: int = 8, **config_overrides: Any
 ) -> tuple[Any, SamProcessor]:
-    """Load any SAM, SAM-HQ or SAM 2 checkpoint into its family's prompt-learner class, make exactly the planned parts trainable (wrapping it
-    with peft LoRA when planned), and return it with a processor that matches its geometry (the checkpoint's own when
-    it ships one, else `processor_for_config`)."""
+    """Load any SAM, SAM-HQ or SAM 2 checkpoint into its family's prompt-learner class, make exactly the planned parts
+    trainable (wrapping it with peft LoRA when planned), and return it with a processor that matches its geometry (the
+    checkpoint's own when it ships one, else `processor_for_config`)."""
     model = load_prompt_learner_model(model_name_or_path, **config_overrides)
     processor = load_processor(model_name_or_path, model.config)
     present = [part for part in plan.parts if getattr(model, part) is not None]
