@@ -317,3 +317,12 @@ def test_cached_features_per_image_at_the_real_geometries():
         "high_resolution_features_s1": (64, 128, 128),
     }
     assert cached_bytes_per_image(Sam2Config()) == 16 * mib
+
+
+def test_an_unsupported_family_is_named_in_the_error():
+    from transformers import Sam3Config
+
+    from sam_prompt_learner import prompt_learner_class_for
+
+    with pytest.raises(ValueError, match="supported families are SAM .* SAM-HQ .* SAM 2"):
+        prompt_learner_class_for(Sam3Config())

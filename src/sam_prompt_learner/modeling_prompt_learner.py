@@ -861,9 +861,8 @@ def prompt_learner_class_for_model_type(model_type: str) -> type[PromptLearnerMi
 def load_prompt_learner_model(model_name_or_path: str | os.PathLike, **kwargs) -> PromptLearnerMixin:
     """Load a checkpoint of any supported family (plain or adapted) into its prompt-learner class; `kwargs` go to
     `from_pretrained` (config fields among them override the checkpoint's)."""
-    config_kwargs = {
-        key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs
-    }
+    hub_keys = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+    config_kwargs = {key: kwargs[key] for key in hub_keys if key in kwargs}
     config = AutoConfig.from_pretrained(model_name_or_path, **config_kwargs)
     return prompt_learner_class_for(config).from_pretrained(model_name_or_path, **kwargs)
 
