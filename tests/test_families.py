@@ -326,3 +326,11 @@ def test_an_unsupported_family_is_named_in_the_error():
 
     with pytest.raises(ValueError, match="supported families are SAM .* SAM-HQ .* SAM 2"):
         prompt_learner_class_for(Sam3Config())
+
+
+def test_sam2_rejects_a_single_tensor_as_image_embeddings(tmp_path):
+    torch.manual_seed(0)
+    model = Sam2PromptLearnerModel(tiny_sam2_config(Sam2PromptLearnerConfig)).eval()
+    points, labels, _ = prompts()
+    with pytest.raises(ValueError, match="the list .* that `get_image_embeddings` returns, got Tensor"):
+        model(image_embeddings=torch.randn(2, 32, 8, 8), input_points=points, input_labels=labels)

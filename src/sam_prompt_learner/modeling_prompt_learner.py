@@ -771,6 +771,17 @@ class Sam2PromptLearnerModel(PromptLearnerMixin, Sam2Model):
     config: Sam2PromptLearnerConfig
     family_name = "SAM 2"
 
+    def _split_family_arguments(self, image_embeddings, kwargs):
+        if image_embeddings is not None and (
+            not isinstance(image_embeddings, (list, tuple)) or len(image_embeddings) != len(self.backbone_feature_sizes)
+        ):
+            raise ValueError(
+                "SAM 2's `image_embeddings` is the list [high-resolution s0, s1, image embeddings] that "
+                f"`get_image_embeddings` returns, got {type(image_embeddings).__name__}"
+                f"{f' of length {len(image_embeddings)}' if isinstance(image_embeddings, (list, tuple)) else ''}."
+            )
+        return image_embeddings, {}
+
     def _image_encoding_parameters(self):
         decoder = self.mask_decoder
         return [self.no_memory_embedding, *decoder.conv_s0.parameters(), *decoder.conv_s1.parameters()]
