@@ -113,29 +113,20 @@ class MeasurementPlan:
 
 
 # At ViT-B one encoder forward takes 10-20 s on one CPU thread, so encoder-bound steps run only a few times.
+ENCODER_BOUND_PLAN = MeasurementPlan(
+    step_warmup=2,
+    step_iterations=10,
+    latency_iterations=60,
+    encoder_warmup=1,
+    encoder_iterations=3,
+    cache_images=2,
+    cache_batch_size=2,
+    cache_repeats=1,
+)
 PLANS = {
-    "vit_b": MeasurementPlan(
-        step_warmup=2,
-        step_iterations=10,
-        latency_iterations=60,
-        encoder_warmup=1,
-        encoder_iterations=3,
-        cache_images=2,
-        cache_batch_size=2,
-        cache_repeats=1,
-    ),
-    # Hiera-tiny's encoder is several times cheaper than ViT-B's, its decoder step a little dearer (the high-resolution
-    # features); the same few encoder-bound runs.
-    "sam2_hiera_tiny": MeasurementPlan(
-        step_warmup=2,
-        step_iterations=10,
-        latency_iterations=60,
-        encoder_warmup=1,
-        encoder_iterations=3,
-        cache_images=2,
-        cache_batch_size=2,
-        cache_repeats=1,
-    ),
+    "vit_b": ENCODER_BOUND_PLAN,
+    # Its encoder-bound steps took 33-42 s on one loaded CPU thread (2026-12-01): the same few runs.
+    "sam2_hiera_tiny": ENCODER_BOUND_PLAN,
     "tiny": MeasurementPlan(
         step_warmup=5,
         step_iterations=30,
