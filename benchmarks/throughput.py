@@ -1,11 +1,17 @@
 """Speed and memory of prompt learning on cached embeddings against the usual SAM fine-tuning recipe.
 
-Measured in one run, at two geometries (random weights: the cost of a step does not depend on the values):
+Measured in one run, at up to three geometries (random weights: the cost of a step does not depend on the values):
 
 - `vit_b`: facebook/sam-vit-base (1024 px input, patch 16, vision 768 hidden x 12 layers x 12 heads, global attention
   at layers 2, 5, 8, 11, windowed elsewhere; 256-channel 64 x 64 embeddings; decoder 256 hidden);
 - `tiny`: the package's tiny SAM, `sam_prompt_learner.pretraining.PretrainingConfig`'s default geometry (128 px,
-  patch 8, vision 128 hidden x 4 layers; 64-channel 16 x 16 embeddings; decoder 64 hidden).
+  patch 8, vision 128 hidden x 4 layers; 64-channel 16 x 16 embeddings; decoder 64 hidden);
+- `sam2_hiera_tiny`: facebook/sam2.1-hiera-tiny (`Sam2Config()`'s defaults, which transformers documents as that
+  checkpoint's: 1024 px, Hiera 96 wide with stages of 1, 2, 7, 2 blocks and global attention at blocks 5, 7, 9; FPN
+  256; the decoder reads 256 x 64 x 64 embeddings plus 32 x 256 x 256 and 64 x 128 x 128 high-resolution features),
+  with `Sam2Model` / `Sam2PromptLearnerModel` in place of `SamModel` / `SamPromptLearnerModel`. Its notebook recipe is
+  the one transformers' mask-generation guide uses for SAM 2.1: the mask decoder fine-tuned, the image encoder frozen
+  but run at every step.
 
 Random weights are drawn at the scale of trained ones (vision `initializer_range=0.02`, see `sam_config`).
 
@@ -62,17 +68,19 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import SamConfig, SamModel
+from transformers import PreTrainedConfig, Sam2Config, Sam2Model, SamConfig, SamModel
 
-from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel, processor_for_config
+from sam_prompt_learner import processor_for_config, prompt_learner_class_for
 from sam_prompt_learner.data import build_embedding_cache
+from sam_prompt_learner.image_features import image_feature_inputs, image_feature_shapes
 from sam_prompt_learner.losses import dice_loss
 from sam_prompt_learner.pretraining import PretrainingConfig, build_sam_config
 
 logger = logging.getLogger("throughput")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GEOMETRIES = ("vit_b", "tiny")
+GEOMETRIES = ("vit_b", "tiny", "sam2_hiera_tiny")
+DEFAULT_GEOMETRIES = ("vit_b", "tiny")
 
 # The project's goals (issue "Benchmarks", section "Goals"): cached training >= 50x the notebook's samples/s at ViT-B,
 # our step <= 1.3x the floor, the prompt learner adding <= 5% to the prompt-to-mask latency.
@@ -105,17 +113,20 @@ class MeasurementPlan:
 
 
 # At ViT-B one encoder forward takes 10-20 s on one CPU thread, so encoder-bound steps run only a few times.
+ENCODER_BOUND_PLAN = MeasurementPlan(
+    step_warmup=2,
+    step_iterations=10,
+    latency_iterations=60,
+    encoder_warmup=1,
+    encoder_iterations=3,
+    cache_images=2,
+    cache_batch_size=2,
+    cache_repeats=1,
+)
 PLANS = {
-    "vit_b": MeasurementPlan(
-        step_warmup=2,
-        step_iterations=10,
-        latency_iterations=60,
-        encoder_warmup=1,
-        encoder_iterations=3,
-        cache_images=2,
-        cache_batch_size=2,
-        cache_repeats=1,
-    ),
+    "vit_b": ENCODER_BOUND_PLAN,
+    # Its encoder-bound steps took 33-42 s on one loaded CPU thread (2026-12-01): the same few runs.
+    "sam2_hiera_tiny": ENCODER_BOUND_PLAN,
     "tiny": MeasurementPlan(
         step_warmup=5,
         step_iterations=30,
@@ -144,7 +155,7 @@ MEASUREMENTS = ("training", "latency", "cache")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--geometries", nargs="+", choices=GEOMETRIES, default=list(GEOMETRIES))
+    parser.add_argument("--geometries", nargs="+", choices=GEOMETRIES, default=list(DEFAULT_GEOMETRIES))
     parser.add_argument(
         "--num_prompts", type=int, nargs="+", default=[1, 8], help="Prompts per image (P) of the training steps."
     )
@@ -171,8 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # models and inputs
 
 
-def sam_config(geometry: str) -> SamConfig:
-    """The `SamConfig` of a geometry (see the module docstring)."""
+def sam_config(geometry: str) -> SamConfig | Sam2Config:
+    """The base config of a geometry (see the module docstring)."""
+    if geometry == "sam2_hiera_tiny":
+        return Sam2Config()
     if geometry == "vit_b":
         # facebook/sam-vit-base's vision config. transformers' `SamVisionConfig()` defaults hold these same values
         # (although its docstring names vit-huge, which is 1280 hidden x 32 layers x 16 heads); they are written out
@@ -200,14 +213,36 @@ def sam_config(geometry: str) -> SamConfig:
     return build_sam_config(PretrainingConfig())
 
 
-def prompt_learner_config(config: SamConfig, **prompt_learner_fields) -> PromptLearnerConfig:
-    """A `PromptLearnerConfig` with the SAM geometry of `config` and the given prompt-learner fields."""
-    return PromptLearnerConfig(
+def base_model(config: PreTrainedConfig) -> SamModel | Sam2Model:
+    """transformers' own model of the config's family, random weights."""
+    return Sam2Model(config) if isinstance(config, Sam2Config) else SamModel(config)
+
+
+def prompt_learner_model(config: PreTrainedConfig, **prompt_learner_fields) -> torch.nn.Module:
+    """The family's prompt-learner model with the geometry of `config` and the given prompt-learner fields."""
+    model_class = prompt_learner_class_for(config)
+    return model_class(prompt_learner_config(model_class.config_class, config, **prompt_learner_fields))
+
+
+def prompt_learner_config(config_class, config: PreTrainedConfig, **prompt_learner_fields) -> PreTrainedConfig:
+    """A prompt-learner config of `config_class` with the base geometry of `config`."""
+    return config_class(
         vision_config=config.vision_config.to_dict(),
         prompt_encoder_config=config.prompt_encoder_config.to_dict(),
         mask_decoder_config=config.mask_decoder_config.to_dict(),
         **prompt_learner_fields,
     )
+
+
+def random_image_features(config: PreTrainedConfig, device: torch.device) -> dict[str, Any]:
+    """Random cached image features as the model takes them (`image_embeddings=`, a list of three for SAM 2)."""
+    shapes = image_feature_shapes(config)
+    return image_feature_inputs({column: torch.randn(1, *shape, device=device) for column, shape in shapes.items()})
+
+
+def input_size(config: PreTrainedConfig) -> int:
+    """Side of the square input frame (SAM 2's vision config has no `image_size`; the prompt encoder's is the same)."""
+    return config.prompt_encoder_config.image_size
 
 
 def box_prompts(config: SamConfig, num_prompts: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,8 +252,8 @@ def box_prompts(config: SamConfig, num_prompts: int, generator: torch.Generator)
         input_boxes `(1, P, 4)` float `x0, y0, x1, y1` in input pixels; labels `(1, P, 4E, 4E)` float in {0, 1}, at the
         mask-logit resolution (so no resize enters the loss).
     """
-    image_size = config.vision_config.image_size
-    mask_size = 4 * (image_size // config.vision_config.patch_size)
+    image_size = input_size(config)
+    mask_size = 4 * (image_size // config.prompt_encoder_config.patch_size)
     centres = (0.2 + 0.6 * torch.rand(num_prompts, 2, generator=generator)) * image_size  # (P, 2) x, y
     half_sizes = (0.05 + 0.15 * torch.rand(num_prompts, 2, generator=generator)) * image_size  # (P, 2)
     input_boxes = torch.cat([centres - half_sizes, centres + half_sizes], dim=1).unsqueeze(0)  # (1, P, 4)
@@ -329,9 +364,9 @@ def _start_worker(device_name: str, num_threads: int | None) -> torch.device:
     return torch.device(device_name)
 
 
-def notebook_step(model: SamModel, optimizer, device, labels: torch.Tensor, **inputs) -> Callable[[], None]:
+def notebook_step(model: SamModel | Sam2Model, optimizer, device, labels: torch.Tensor, **inputs) -> Callable[[], None]:
     """One training step of the notebook recipe (single-mask output, BCE + dice) on `inputs`: `pixel_values` for the
-    recipe itself, `image_embeddings` for its decoder-only floor."""
+    recipe itself, the cached image features for its decoder-only floor."""
 
     def step():
         with precision(device):
@@ -350,13 +385,13 @@ def measure_notebook_training(
     """Training steps of the notebook recipe: the frozen image encoder runs on `pixel_values` at every step."""
     device = _start_worker(device_name, num_threads)
     config = sam_config(geometry)
-    model = SamModel(config).to(device).train()
+    model = base_model(config).to(device).train()
     # The notebook freezes both encoders; with no parameter requiring gradients, autograd records nothing in the
     # image encoder, which therefore costs what it costs under `torch.no_grad()`.
     model.requires_grad_(False)
     model.mask_decoder.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-5)
-    image_size = config.vision_config.image_size
+    image_size = input_size(config)
     pixel_values = torch.randn(1, 3, image_size, image_size, device=device)
     input_boxes, labels = (t.to(device) for t in box_prompts(config, num_prompts, torch.Generator().manual_seed(0)))
 
@@ -376,18 +411,15 @@ def measure_cached_training(
     """Training steps on cached embeddings: this package's (prompt learner + head) and the floor (plain decoder)."""
     device = _start_worker(device_name, num_threads)
     config = sam_config(geometry)
-    embedding_size = config.vision_config.image_size // config.vision_config.patch_size
-    image_embeddings = torch.randn(1, config.vision_config.output_channels, embedding_size, embedding_size).to(device)
+    image_features = random_image_features(config, device)
     input_boxes, labels = (t.to(device) for t in box_prompts(config, num_prompts, torch.Generator().manual_seed(0)))
 
-    model = SamPromptLearnerModel(prompt_learner_config(config)).to(device).train()  # PLM + head trainable
+    model = prompt_learner_model(config).to(device).train()  # PLM + head trainable
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-3)
 
     def cached_step():
         with precision(device):
-            loss = model(
-                image_embeddings=image_embeddings, input_boxes=input_boxes, labels=labels, multimask_output=True
-            ).loss
+            loss = model(**image_features, input_boxes=input_boxes, labels=labels, multimask_output=True).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -395,14 +427,12 @@ def measure_cached_training(
     # Peak memory first, before the floor's model exists: only this package's recipe is in memory.
     memory = measured_memory(device, cached_step, plan.step_warmup)
 
-    floor_model = SamModel(config).to(device).train()
+    floor_model = base_model(config).to(device).train()
     floor_model.requires_grad_(False)
     floor_model.mask_decoder.requires_grad_(True)
     floor_optimizer = torch.optim.AdamW(trainable_parameters(floor_model), lr=1e-5)
 
-    floor_step = notebook_step(
-        floor_model, floor_optimizer, device, labels, image_embeddings=image_embeddings, input_boxes=input_boxes
-    )
+    floor_step = notebook_step(floor_model, floor_optimizer, device, labels, **image_features, input_boxes=input_boxes)
     timing = time_interleaved(
         {"cached": cached_step, "floor": floor_step}, plan.step_warmup, plan.step_iterations, device
     )
@@ -422,20 +452,17 @@ def measure_latency(
     `pixel_values` (`with_encoder`)."""
     device = _start_worker(device_name, num_threads)
     config = sam_config(geometry)
-    with_plm = SamPromptLearnerModel(prompt_learner_config(config)).to(device).eval()
-    without_config = prompt_learner_config(config, prompt_learner_depth=0, use_point_matching_head=False)
-    without_plm = SamPromptLearnerModel(without_config).to(device).eval()
+    with_plm = prompt_learner_model(config).to(device).eval()
+    without_plm = prompt_learner_model(config, prompt_learner_depth=0, use_point_matching_head=False).to(device).eval()
     input_boxes, _ = box_prompts(config, 1, torch.Generator().manual_seed(0))
-    image_size = config.vision_config.image_size
-    embedding_size = image_size // config.vision_config.patch_size
+    image_size = input_size(config)
     if with_encoder:
         image_inputs = {"pixel_values": torch.randn(1, 3, image_size, image_size, device=device)}
     else:
-        channels = config.vision_config.output_channels
-        image_inputs = {"image_embeddings": torch.randn(1, channels, embedding_size, embedding_size, device=device)}
+        image_inputs = random_image_features(config, device)
     inputs = {**image_inputs, "input_boxes": input_boxes.to(device), "multimask_output": True}
 
-    def predictor(model: SamPromptLearnerModel) -> Callable[[], Any]:
+    def predictor(model: torch.nn.Module) -> Callable[[], Any]:
         def predict():
             with torch.inference_mode(), precision(device):
                 return model(**inputs).pred_masks
@@ -462,9 +489,9 @@ def measure_cache_build(
     time to read one row's embeddings back from the cache."""
     device = _start_worker(device_name, num_threads)
     config = sam_config(geometry)
-    model = SamModel(config).to(device)
+    model = base_model(config).to(device)
     processor = processor_for_config(config)
-    image_size = config.vision_config.image_size
+    image_size = input_size(config)
     rng = np.random.default_rng(0)
     # Landscape 4:3 noise images: the processor resizes them and pads the bottom rows, as for real photographs.
     images = [
@@ -507,7 +534,9 @@ def measure_cache_build(
         for _ in range(3):
             for index in range(len(cached)):
                 start = time.perf_counter()
-                cached[index]["image_embeddings"].to(device)
+                row = cached[index]
+                for column in image_feature_shapes(config):
+                    row[column].to(device)
                 synchronize(device)
                 read_seconds.append(time.perf_counter() - start)
     return {

@@ -1,4 +1,4 @@
-"""Adapt a SAM checkpoint to a segmentation task by prompt learning, with Accelerate.
+"""Adapt a SAM, SAM-HQ or SAM 2 checkpoint to a segmentation task by prompt learning, with Accelerate.
 
     accelerate launch examples/train.py --model_name_or_path facebook/sam-vit-base --dataset_name plates \\
         --output_dir outputs/plates
@@ -9,7 +9,8 @@ Runs the same with `python examples/train.py ...`, on CPU, one GPU, or several p
 The recipe:
 1. load the dataset (Hub id, local folder, `save_to_disk` directory, or an embedded synthetic task) and normalize each
    split into images + object masks, counting what is skipped and why;
-2. load the SAM checkpoint into `SamPromptLearnerModel` and choose what trains (`--trainable`);
+2. load the checkpoint into its family's prompt-learner model (`SamPromptLearnerModel`, `SamHQPromptLearnerModel`,
+   `Sam2PromptLearnerModel`, read from its config) and choose what trains (`--trainable`);
 3. with the image encoder frozen, compute its embeddings once into a cache (`--cache_embeddings`, the default);
 4. score the untrained model (= zero-shot SAM: the prompt learner starts as the identity) on the eval split;
 5. train with simulated prompts, evaluating every `--eval_steps`, checkpointing every `--checkpointing_steps`;

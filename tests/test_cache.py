@@ -240,27 +240,51 @@ def test_peft_model_and_accelerator(model, dataset):
     assert encoded[0] == 0
 
 
-def test_training_step_from_the_cache_equals_training_from_pixels(tmp_path):
-    """The loss and the gradients of the trained parts are the same whether the batch carries cached embeddings or
-    pixels that the frozen encoder turns into the same embeddings."""
-    from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
-    from sam_prompt_learner.data import PromptConfig, SamPromptCollator, load_synthetic_task, prepare_dataset
+@pytest.mark.parametrize("family", ["sam", "sam_hq", "sam2"])
+@pytest.mark.parametrize("trainable", ["default", "with_mask_decoder"])
+def test_training_step_from_the_cache_equals_training_from_pixels(tmp_path, family, trainable):
+    """The loss and the gradients of the trained parts are the same whether the batch carries cached features or
+    pixels that the frozen encoder turns into the same features, in every family (SAM-HQ's decoder also reads ViT
+    features, SAM 2's two high-resolution maps: the cache holds them too)."""
+    from tiny import tiny_sam2_config, tiny_sam_hq_config
 
+    from sam_prompt_learner import (
+        PromptLearnerConfig,
+        Sam2PromptLearnerConfig,
+        Sam2PromptLearnerModel,
+        SamHQPromptLearnerConfig,
+        SamHQPromptLearnerModel,
+        SamPromptLearnerModel,
+    )
+    from sam_prompt_learner.data import PromptConfig, SamPromptCollator, load_synthetic_task, prepare_dataset
+    from sam_prompt_learner.evaluation import model_inputs
+    from sam_prompt_learner.image_features import image_feature_shapes
+
+    model_class, config = {
+        "sam": (SamPromptLearnerModel, tiny_config(PromptLearnerConfig)),
+        "sam_hq": (SamHQPromptLearnerModel, tiny_sam_hq_config(SamHQPromptLearnerConfig)),
+        "sam2": (Sam2PromptLearnerModel, tiny_sam2_config(Sam2PromptLearnerConfig)),
+    }[family]
     torch.manual_seed(0)
-    model = SamPromptLearnerModel(tiny_config(PromptLearnerConfig)).train()
+    model = model_class(config).train()
+    if trainable == "with_mask_decoder":
+        model.set_trainable(["prompt_learner", "point_matching_head", "mask_decoder"])
     raw = load_synthetic_task("generic", num_train=4, num_validation=0, num_test=0)
     normalized, _ = prepare_dataset(raw["train"])
     cached = build_embedding_cache(normalized, model, tiny_image_processor(), cache_dir=tmp_path)
+    shapes = image_feature_shapes(model.config)
+    assert len(shapes) == {"sam": 1, "sam_hq": 2, "sam2": 3}[family]
+    for column, shape in shapes.items():
+        assert tuple(cached[0][column].shape) == shape, column
     prompts = PromptConfig(mode_weights={"points_and_box": 1.0}, num_positive_points=(1, 3))
     rows = [cached[index] for index in range(4)]
 
     def loss_and_gradients(use_image_embeddings: bool):
         batch = SamPromptCollator(tiny_image_processor(), prompts, use_image_embeddings=use_image_embeddings)(rows)
-        inputs = {k: batch[k] for k in ("pixel_values", "image_embeddings", "input_points", "input_labels",
-                                        "input_boxes", "labels", "prompt_mask") if k in batch}  # fmt: skip
+        assert ("pixel_values" in batch) != use_image_embeddings
         model.zero_grad()
         torch.manual_seed(1)  # the boundary-band points of the loss
-        loss = model(**inputs).loss
+        loss = model(**model_inputs(batch), labels=batch["labels"], prompt_mask=batch["prompt_mask"]).loss
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -268,6 +292,7 @@ def test_training_step_from_the_cache_equals_training_from_pixels(tmp_path):
     pixel_loss, pixel_gradients = loss_and_gradients(False)
     assert cached_loss == pytest.approx(pixel_loss, rel=1e-5)
     assert cached_gradients.keys() == pixel_gradients.keys() and cached_gradients
+    assert any(name.startswith("mask_decoder.") for name in cached_gradients) == (trainable == "with_mask_decoder")
     for name, gradient in cached_gradients.items():
         torch.testing.assert_close(gradient, pixel_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
 
@@ -334,3 +359,24 @@ def test_non_finite_embeddings_name_their_row(model, dataset):
         overflowing.vision_encoder.neck.layer_norm2.bias.fill_(1e6)  # beyond float16's 65504
     with pytest.raises(ValueError, match=r"Row 0: the vision encoder gave non-finite image embeddings \(in float16\)"):
         build_embedding_cache(dataset, overflowing, tiny_image_processor(), dtype=torch.float16)
+
+
+def test_sam2_fingerprint_covers_the_decoder_projections_applied_in_image_encoding(dataset):
+    """SAM 2's cached high-resolution features pass through the decoder's conv_s0/conv_s1 and the no-memory
+    embedding: changing those changes the cache, changing the rest of the decoder does not."""
+    from tiny import tiny_sam2_config
+    from transformers import Sam2Model
+
+    torch.manual_seed(0)
+    model = Sam2Model(tiny_sam2_config()).eval()
+    processor = tiny_image_processor()
+    original = embedding_cache_fingerprint(dataset, model, processor)
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight.add_(1.0)
+    assert embedding_cache_fingerprint(dataset, model, processor) == original
+    for parameter in (model.mask_decoder.conv_s0.weight, model.mask_decoder.conv_s1.bias, model.no_memory_embedding):
+        with torch.no_grad():
+            parameter.add_(1.0)
+        changed = embedding_cache_fingerprint(dataset, model, processor)
+        assert changed != original
+        original = changed

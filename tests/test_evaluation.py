@@ -5,9 +5,16 @@ import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
-from tiny import tiny_config
+from tiny import tiny_config, tiny_sam2_config, tiny_sam_hq_config
 
-from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
+from sam_prompt_learner import (
+    PromptLearnerConfig,
+    Sam2PromptLearnerConfig,
+    Sam2PromptLearnerModel,
+    SamHQPromptLearnerConfig,
+    SamHQPromptLearnerModel,
+    SamPromptLearnerModel,
+)
 from sam_prompt_learner.data import PromptConfig, encode_rle
 from sam_prompt_learner.evaluation import collect_statistics
 from sam_prompt_learner.processing import processor_for_config
@@ -57,3 +64,26 @@ def test_many_objects_are_scored_in_chunks_with_the_scores_of_one_pass(inputs):
     for name in selections:
         assert torch.equal(chunked[name], one_pass[name]), name
     assert chunked["predicted_iou"][:, 1].min() > 0  # real masks were scored
+
+
+@pytest.mark.parametrize("family", ["sam_hq", "sam2"])
+def test_chunked_scoring_from_pixels_encodes_once_for_every_family(family):
+    """SAM-HQ's decoder also reads ViT features and SAM 2's two high-resolution maps: one encoding feeds all chunks."""
+    torch.manual_seed(0)
+    if family == "sam_hq":
+        model = SamHQPromptLearnerModel(tiny_sam_hq_config(SamHQPromptLearnerConfig, initializer_range=0.2))
+    else:
+        model = Sam2PromptLearnerModel(tiny_sam2_config(Sam2PromptLearnerConfig))
+    model.eval()
+    processor = processor_for_config(model.config)
+    collator = evaluation_collator(processor, PromptConfig(mode_weights={"points": 1.0}))
+    batches = [collator([many_objects_row(40)])]
+    accelerator = Accelerator(cpu=True)
+    encoder_calls = []
+    model.vision_encoder.register_forward_pre_hook(lambda module, args: encoder_calls.append(1))
+    selections = ("predicted_iou", "oracle")
+    chunked = collect_statistics(model, batches, accelerator, selections=selections, prompts_per_forward=16)
+    assert len(encoder_calls) == 1
+    one_pass = collect_statistics(model, batches, accelerator, selections=selections, prompts_per_forward=1000)
+    for name in selections:
+        assert torch.equal(chunked[name], one_pass[name]), name

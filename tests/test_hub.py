@@ -384,6 +384,18 @@ def test_packaged_template_is_the_edited_one_and_is_package_data():
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
+
+def write_hub_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
+    """Lay `files` out in the Hub cache directory `cache` as `hf_hub_download` stores a commit of `repo_id`."""
+    repository = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repository / "snapshots" / COMMIT
+    for name, content in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_bytes(content)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(COMMIT)
+
+
 # Runs in a fresh interpreter whose HF_HUB_CACHE is set before huggingface_hub reads it at import.
 LOAD_BY_ID = r"""
 import json, re, sys
@@ -418,14 +430,7 @@ print(json.dumps({
 
 def test_download_by_id_from_the_hub_cache(output_dir, tmp_path, hub):
     push_to_hub(output_dir, REPO_ID)
-    # The pushed commit, laid out as `hf_hub_download` stores it.
-    repository = tmp_path / "hub" / "models--user--sam-plates"
-    snapshot = repository / "snapshots" / COMMIT
-    for name, content in hub.uploaded.items():
-        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-        (snapshot / name).write_bytes(content)
-    (repository / "refs").mkdir()
-    (repository / "refs" / "main").write_text(COMMIT)
+    write_hub_snapshot(tmp_path / "hub", REPO_ID, hub.uploaded)  # the pushed commit
 
     workdir = tmp_path / "work"
     workdir.mkdir()

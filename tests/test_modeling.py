@@ -1,31 +1,12 @@
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import IMAGE_SIZE, tiny_config
+from tiny import IMAGE_SIZE, assert_save_load_round_trip, disk_labels, prompt_inputs, prompts, tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForMaskGeneration, SamModel
 
 from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
 
 EMBED_SHAPE = (2, 32, 8, 8)  # tiny SAM image embeddings (B, C, E, E)
-
-
-def prompts(batch_size=2, point_batch_size=3, points_per_prompt=2, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    points = torch.rand(batch_size, point_batch_size, points_per_prompt, 2, generator=generator) * IMAGE_SIZE
-    labels = torch.randint(0, 2, (batch_size, point_batch_size, points_per_prompt), generator=generator)
-    corner = torch.rand(batch_size, point_batch_size, 2, generator=generator) * IMAGE_SIZE / 2
-    boxes = torch.cat([corner, corner + IMAGE_SIZE / 3], dim=-1)
-    return points, labels, boxes
-
-
-def disk_labels(batch_size=2, point_batch_size=3, size=IMAGE_SIZE):
-    """A different disk per prompt, as binary ground-truth masks (B, P, size, size)."""
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    masks = []
-    for index in range(batch_size * point_batch_size):
-        cx, cy, radius = 30 + 9 * index, 40 + 5 * index, 12 + 2 * index
-        masks.append(((xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2).float())
-    return torch.stack(masks).reshape(batch_size, point_batch_size, size, size)
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +22,7 @@ def model(sam_checkpoint):
 @pytest.mark.parametrize("kinds", ["points", "boxes", "both"])
 @pytest.mark.parametrize("multimask_output", [True, False])
 def test_untrained_prompt_learner_reproduces_sam(sam, model, kinds, multimask_output):
-    points, labels, boxes = prompts()
-    inputs = {}
-    if kinds in ("points", "both"):
-        inputs.update(input_points=points, input_labels=labels)
-    if kinds in ("boxes", "both"):
-        inputs["input_boxes"] = boxes
+    inputs = prompt_inputs(kinds)
     embeddings = torch.randn(EMBED_SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = sam(image_embeddings=embeddings, multimask_output=multimask_output, **inputs)
@@ -88,13 +64,7 @@ def test_sam_checkpoint_loads_exactly_and_round_trips_bit_identical(sam_checkpoi
     for name, parameter in model.point_matching_head.named_parameters():
         assert torch.isfinite(parameter).all() and parameter.abs().max() < 1, name
 
-    model.save_pretrained(tmp_path)
-    reloaded, info = SamPromptLearnerModel.from_pretrained(tmp_path, output_loading_info=True)
-    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
-    reloaded_state = reloaded.state_dict()
-    assert reloaded_state.keys() == state.keys()
-    for name, tensor in state.items():
-        assert torch.equal(reloaded_state[name], tensor), name
+    reloaded = assert_save_load_round_trip(model, tmp_path)
     assert (
         reloaded.prompt_encoder.shared_embedding.positional_embedding
         is reloaded.shared_image_embedding.positional_embedding

@@ -1,7 +1,7 @@
-"""Tiny SAM geometry shared by the tests: 128 px images, 8x8 image embeddings, 32x32 mask logits."""
+"""Tiny SAM, SAM-HQ and SAM 2 geometry shared by the tests: 128 px images, 8x8 image embeddings, 32x32 mask logits."""
 
 import torch
-from transformers import SamConfig, SamModel
+from transformers import Sam2Config, SamConfig, SamHQConfig, SamModel
 
 from sam_prompt_learner.processing import SamPromptLearnerImageProcessor, processor_for_config
 
@@ -29,6 +29,91 @@ def tiny_config(config_class=SamConfig, image_size: int = IMAGE_SIZE, **extra):
         ),
         **extra,
     )
+
+
+def tiny_sam_hq_config(config_class=SamHQConfig, image_size: int = IMAGE_SIZE, **extra):
+    """SAM-HQ at the tiny SAM's geometry; the decoder's `vit_dim` is the ViT width (32)."""
+    sam = tiny_config(image_size=image_size).to_dict()
+    return config_class(
+        vision_config=sam["vision_config"],
+        prompt_encoder_config=sam["prompt_encoder_config"],
+        mask_decoder_config={**sam["mask_decoder_config"], "vit_dim": 32},
+        **extra,
+    )
+
+
+def tiny_sam2_config(config_class=Sam2Config, image_size: int = IMAGE_SIZE, **extra):
+    """SAM 2 at the tiny SAM's geometry: a 5-block Hiera (strides 4, 8, 16, 32) whose FPN gives the decoder 32 x 32,
+    16 x 16 and 8 x 8 features. Hiera's global-attention block must not start a stage (transformers divides by its
+    window size of 0 there), hence two blocks in the third stage."""
+    return config_class(
+        vision_config=dict(
+            model_type="sam2_vision_model",
+            backbone_config=dict(
+                model_type="sam2_hiera_det_model",
+                hidden_size=8,
+                num_attention_heads=1,
+                image_size=[image_size, image_size],
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 2, 2],
+                window_size_per_stage=[4, 4, 4, 2],
+                global_attention_blocks=[3],
+                window_positional_embedding_background_size=[2, 2],
+            ),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[image_size // size] * 2 for size in (4, 8, 16)],
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=8),
+        mask_decoder_config=dict(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+        ),
+        **extra,
+    )
+
+
+def prompts(batch_size=2, point_batch_size=3, points_per_prompt=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand(batch_size, point_batch_size, points_per_prompt, 2, generator=generator) * IMAGE_SIZE
+    labels = torch.randint(0, 2, (batch_size, point_batch_size, points_per_prompt), generator=generator)
+    corner = torch.rand(batch_size, point_batch_size, 2, generator=generator) * IMAGE_SIZE / 2
+    boxes = torch.cat([corner, corner + IMAGE_SIZE / 3], dim=-1)
+    return points, labels, boxes
+
+
+def disk_labels(batch_size=2, point_batch_size=3, size=IMAGE_SIZE):
+    """A different disk per prompt, as binary ground-truth masks (B, P, size, size)."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = []
+    for index in range(batch_size * point_batch_size):
+        cx, cy, radius = 30 + 9 * index, 40 + 5 * index, 12 + 2 * index
+        masks.append(((xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2).float())
+    return torch.stack(masks).reshape(batch_size, point_batch_size, size, size)
+
+
+def prompt_inputs(kinds: str) -> dict:
+    """The `prompts()` of one kind as model inputs: `"points"`, `"boxes"` or `"both"`."""
+    points, labels, boxes = prompts()
+    inputs = {}
+    if kinds in ("points", "both"):
+        inputs.update(input_points=points, input_labels=labels)
+    if kinds in ("boxes", "both"):
+        inputs["input_boxes"] = boxes
+    return inputs
+
+
+def assert_save_load_round_trip(model, directory):
+    """Save `model` and check that its class loads it back complete and bit-identical; returns the reloaded model."""
+    state = model.state_dict()
+    model.save_pretrained(directory)
+    reloaded, info = type(model).from_pretrained(directory, output_loading_info=True)
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+    reloaded_state = reloaded.state_dict()
+    assert reloaded_state.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(reloaded_state[name], tensor), name
+    return reloaded
 
 
 def tiny_image_processor(image_size: int = IMAGE_SIZE) -> SamPromptLearnerImageProcessor:

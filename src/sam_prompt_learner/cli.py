@@ -26,7 +26,7 @@ from .demo import register_demo_command
 from .evaluation import MASK_SELECTIONS, evaluate_model, prompt_robustness
 from .hub import register_push_command
 from .inference import register_predict_command
-from .modeling_prompt_learner import SamPromptLearnerModel
+from .modeling_prompt_learner import load_prompt_learner_model
 from .processing import load_processor
 from .training import VALIDATION_SPLIT, detection_options, evaluation_collator, hold_out_validation, prepare_split
 
@@ -66,7 +66,7 @@ def synthetic_split(args: argparse.Namespace) -> dict | None:
 def evaluate_command(args: argparse.Namespace) -> int:
     accelerator = Accelerator()
     try:
-        model = SamPromptLearnerModel.from_pretrained(args.model)
+        model = load_prompt_learner_model(args.model)  # the family (SAM, SAM-HQ, SAM 2) is read from its config
         processor = load_processor(args.model, model.config)
         raw = load_segmentation_dataset(args.dataset, args.dataset_config_name, synthetic_options=synthetic_split(args))
         if args.split == VALIDATION_SPLIT:

@@ -1,18 +1,21 @@
-"""Configuration of [`SamPromptLearnerModel`]: a `SamConfig` plus the prompt learner, the point-matching head and
-the training-loss weights."""
+"""Configurations of the prompt-learner models: a base family's config (`SamConfig`, `SamHQConfig`, `Sam2Config`)
+plus the prompt learner, the point-matching head and the training-loss weights, which are the same fields with the
+same meaning for every family ([`PromptLearnerConfigMixin`])."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from transformers import SamConfig
+from transformers import Sam2Config, SamConfig, SamHQConfig
 
 
-class PromptLearnerConfig(SamConfig):
+@dataclasses.dataclass(kw_only=True)
+class PromptLearnerConfigMixin:
     r"""
-    Configuration of a [`SamPromptLearnerModel`]. Every `SamConfig` field keeps its meaning (`vision_config`,
-    `prompt_encoder_config`, `mask_decoder_config`, `initializer_range`, `tie_word_embeddings`), so any SAM checkpoint's
-    `config.json` loads into this class; the fields below are new. All arguments are keyword-only.
+    The fields a prompt-learner config adds to its family's config. Every field of the family's config keeps its
+    meaning (`vision_config`, `prompt_encoder_config`, `mask_decoder_config`, `initializer_range`, ...), so any
+    checkpoint of that family loads into the prompt-learner config; the fields below are new. All arguments are
+    keyword-only.
 
     Prompt Learning Module (PLM), placed between SAM's prompt encoder and its mask decoder:
 
@@ -54,18 +57,16 @@ class PromptLearnerConfig(SamConfig):
         the masks of a prompt-learner-only adaptation of the embedded tiny SAM on `plates` (eval mIoU 0.283 -> 0.05 in
         200 steps at lr 1e-3); at 0.1 the same run reached 0.327 with the best boundary IoU (0.179, against 0.161
         without either boundary term).
+    object_score_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight of the BCE between SAM 2's object-score logit and whether the prompt's ground-truth mask is non-empty
+        (SAM 2's own recipe). Families without an object score (SAM, SAM-HQ) have no such term.
 
-    Example:
-
-    ```python
-    >>> from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
-
-    >>> config = PromptLearnerConfig(prompt_learner_depth=2, num_boundary_points=32)
-    >>> model = SamPromptLearnerModel(config)  # random weights; use `from_pretrained` to start from a SAM
-    ```
     """
 
-    model_type = "sam_prompt_learner"
+    # The family's own `model_type`, whose checkpoints this config adopts (set by each family's config class).
+    base_model_type = None
+    # SAM and SAM-HQ tie the prompt encoder's Fourier matrix to the image's; SAM 2 keeps two separate matrices.
+    ties_positional_embeddings = True
 
     prompt_learner_depth: int = 1
     prompt_learner_num_attention_heads: int | None = None
@@ -82,6 +83,7 @@ class PromptLearnerConfig(SamConfig):
     iou_loss_weight: float = 1.0
     point_matching_loss_weight: float = 1.0
     boundary_point_loss_weight: float = 0.1
+    object_score_loss_weight: float = 1.0
 
     def __post_init__(self, **kwargs):
         # A plain SAM config.json carries `"model_type": "sam"`; left in kwargs it would shadow the class attribute.
@@ -99,13 +101,13 @@ class PromptLearnerConfig(SamConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        if config_dict.get("model_type") == SamConfig.model_type:
-            # A SAM checkpoint is this model's documented starting point, not a model-type mismatch to warn about.
+        if config_dict.get("model_type") == cls.base_model_type:
+            # A base checkpoint is this model's documented starting point, not a model-type mismatch to warn about.
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
     def _validate_new_fields(self):
-        hidden = self.mask_decoder_config.hidden_size
+        hidden = self.mask_decoder_config.hidden_size  # the width of the prompt tokens, in every family
         for name in ("prompt_learner_depth",):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
@@ -132,15 +134,56 @@ class PromptLearnerConfig(SamConfig):
             "iou_loss_weight",
             "point_matching_loss_weight",
             "boundary_point_loss_weight",
+            "object_score_loss_weight",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
-        if not self.tie_word_embeddings:
+        if self.ties_positional_embeddings and not self.tie_word_embeddings:
             # Untied, loading a SAM checkpoint re-initialises the prompt encoder's Fourier matrix and breaks SAM.
             raise ValueError("`tie_word_embeddings` must stay True: SAM's two positional matrices are one tensor.")
 
 
-# The fields this package adds to `SamConfig` (the others describe SAM itself and come from its checkpoint).
-PROMPT_LEARNER_FIELDS = tuple(
-    sorted({f.name for f in dataclasses.fields(PromptLearnerConfig)} - {f.name for f in dataclasses.fields(SamConfig)})
-)
+class PromptLearnerConfig(PromptLearnerConfigMixin, SamConfig):
+    r"""
+    Configuration of a [`SamPromptLearnerModel`]: a `SamConfig` (any SAM checkpoint's `config.json` loads into it)
+    plus the fields of [`PromptLearnerConfigMixin`].
+
+    Example:
+
+    ```python
+    >>> from sam_prompt_learner import PromptLearnerConfig, SamPromptLearnerModel
+
+    >>> config = PromptLearnerConfig(prompt_learner_depth=2, num_boundary_points=32)
+    >>> model = SamPromptLearnerModel(config)  # random weights; use `from_pretrained` to start from a SAM
+    ```
+    """
+
+    model_type = "sam_prompt_learner"
+    base_model_type = SamConfig.model_type
+
+
+class SamHQPromptLearnerConfig(PromptLearnerConfigMixin, SamHQConfig):
+    r"""
+    Configuration of a [`SamHQPromptLearnerModel`]: a `SamHQConfig` (any SAM-HQ checkpoint's `config.json` loads into
+    it) plus the fields of [`PromptLearnerConfigMixin`].
+    """
+
+    model_type = "sam_hq_prompt_learner"
+    base_model_type = SamHQConfig.model_type
+
+
+class Sam2PromptLearnerConfig(PromptLearnerConfigMixin, Sam2Config):
+    r"""
+    Configuration of a [`Sam2PromptLearnerModel`]: a `Sam2Config` (any SAM 2 / SAM 2.1 checkpoint's `config.json`
+    loads into it) plus the fields of [`PromptLearnerConfigMixin`].
+    """
+
+    model_type = "sam2_prompt_learner"
+    base_model_type = Sam2Config.model_type
+    ties_positional_embeddings = False
+
+
+PROMPT_LEARNER_CONFIG_CLASSES = (PromptLearnerConfig, SamHQPromptLearnerConfig, Sam2PromptLearnerConfig)
+
+# The fields this package adds to a family's config (the others describe the base model and come from its checkpoint).
+PROMPT_LEARNER_FIELDS = tuple(sorted(f.name for f in dataclasses.fields(PromptLearnerConfigMixin)))

@@ -14,10 +14,18 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from .image_features import encode_image_features, image_feature_inputs
 from .metrics import dice_from_counts, iou_from_counts, iou_spread_per_object, segmentation_statistics
 from .modeling_prompt_learner import resize_masks
 
-MODEL_INPUT_KEYS = ("pixel_values", "image_embeddings", "input_points", "input_labels", "input_boxes")
+MODEL_INPUT_KEYS = (
+    "pixel_values",
+    "image_embeddings",
+    "intermediate_embeddings",  # SAM-HQ's cached ViT features
+    "input_points",
+    "input_labels",
+    "input_boxes",
+)
 PROMPT_INPUT_KEYS = ("input_points", "input_labels", "input_boxes")  # (B, P, ...): one entry per prompt
 # Prompts scored per forward pass. Memory per prompt grows with the square of the input size (SAM's three masks, their
 # upsampling to it, the boundary regions), so an image with hundreds of objects is scored a chunk of prompts at a time.
@@ -27,7 +35,7 @@ STATISTICS = ("intersection", "union", "boundary_intersection", "boundary_union"
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The entries of a collated batch that `SamModel.forward` takes."""
+    """The entries of a collated batch that the model's `forward` takes."""
     return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
 
 
@@ -113,7 +121,9 @@ def chunked_batch_statistics(
     inputs = model_inputs(batch)
     num_prompts = batch["labels"].shape[1]
     if "pixel_values" in inputs and num_prompts > prompts_per_forward:
-        inputs["image_embeddings"] = accelerator.unwrap_model(model).get_image_embeddings(inputs.pop("pixel_values"))
+        # Encoded once for all chunks, as every family's decoder reads it (SAM-HQ's ViT features, SAM 2's maps too).
+        features = encode_image_features(accelerator.unwrap_model(model), inputs.pop("pixel_values"))
+        inputs.update(image_feature_inputs(features))
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in selections}
     for start in range(0, num_prompts, prompts_per_forward):
         prompts = slice(start, start + prompts_per_forward)

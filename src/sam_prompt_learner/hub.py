@@ -25,6 +25,7 @@ from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from .data.synthetic import SYNTHETIC_TASKS
+from .modeling_prompt_learner import PromptLearnerMixin, SamPromptLearnerModel, prompt_learner_class_for_model_type
 from .training import RunSummary
 
 # Not `library_name: transformers`: the Hub would then offer a transformers-only snippet, which fails because
@@ -195,13 +196,15 @@ def model_card(output_dir: str | os.PathLike, repo_id: str, *, license: str | No
         for key, metric_type, metric_name in REPORTED_METRICS
     ]
     has_adapter = (output_dir / ADAPTER_FILES[0]).is_file()
+    model_class = _model_class_of(output_dir)
+    family_tags = [model_class.config_class.base_model_type.replace("_", "-")]
     card_data = ModelCardData(
         library_name=LIBRARY_NAME,
         pipeline_tag=PIPELINE_TAG,
         license=license,
         base_model=hub_repo_id(summary.base_model),
         datasets=[hub_repo_id(summary.dataset)] if hub_repo_id(summary.dataset) else None,
-        tags=TAGS + (["lora", "peft"] if has_adapter else []),
+        tags=TAGS + [tag for tag in family_tags if tag not in TAGS] + (["lora", "peft"] if has_adapter else []),
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results,
     )
@@ -229,7 +232,22 @@ def model_card(output_dir: str | os.PathLike, repo_id: str, *, license: str | No
         num_objects=adapted["num_objects"],
         results=results,
         has_adapter=has_adapter,
+        model_class=model_class.__name__,
+        family=model_class.family_name,
+        base_class=next(base for base in model_class.__bases__ if base is not PromptLearnerMixin).__name__,
     )
+
+
+def _model_class_of(output_dir: Path) -> type:
+    """The prompt-learner class of the checkpoint in `output_dir`, from its `config.json` (SAM when it has none)."""
+    config_path = output_dir / CONFIG_NAME
+    if not config_path.is_file():
+        return SamPromptLearnerModel
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{config_path} is not a JSON object: {error}") from error
+    return prompt_learner_class_for_model_type(model_type)
 
 
 def retry_command(output_dir: str | os.PathLike, repo_id: str, private: bool) -> str:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import SamProcessor
 
 from .data import to_rgb, upright
-from .modeling_prompt_learner import SamPromptLearnerModel
+from .modeling_prompt_learner import PromptLearnerMixin, load_prompt_learner_model
 from .processing import load_processor
 from .trained_parts import is_trained_parts_directory, load_trained_parts, trained_parts_base
 from .visualization import (
@@ -156,7 +156,7 @@ def check_prompt(
 
 @torch.no_grad()
 def predict_mask(
-    model: SamPromptLearnerModel,
+    model: PromptLearnerMixin,
     processor: SamProcessor,
     image: Image.Image,
     points: Sequence[Sequence[float]] | None = None,
@@ -169,7 +169,8 @@ def predict_mask(
     Segment the object one prompt points at.
 
     Args:
-        model ([`SamPromptLearnerModel`] or `SamModel`): the model, on the device to run on.
+        model (a prompt-learner model, or transformers' `SamModel` / `SamHQModel` / `Sam2Model`): the model, on the
+            device to run on.
         processor (`SamProcessor`): a processor whose geometry matches the model (see `load_for_inference`).
         image (`PIL.Image.Image`): the image, any mode (converted to RGB), read upright (EXIF orientation applied).
         points (`Sequence[tuple[float, float]]`, *optional*): point prompts `(x, y)` in image pixels.
@@ -223,7 +224,7 @@ def predict_mask(
 
 
 @torch.no_grad()
-def encode_image(model: SamPromptLearnerModel, processor: SamProcessor, image: Image.Image) -> torch.Tensor:
+def encode_image(model: PromptLearnerMixin, processor: SamProcessor, image: Image.Image) -> torch.Tensor:
     """
     Run the image encoder once, for [`predict_mask`]'s `image_embeddings`.
 
@@ -307,7 +308,7 @@ def save_mask_and_overlay(
 
 def load_for_inference(
     model_name_or_path: str, base_model_name_or_path: str | None = None, device: str | torch.device | None = None
-) -> tuple[SamPromptLearnerModel, SamProcessor]:
+) -> tuple[PromptLearnerMixin, SamProcessor]:
     """
     Load a model for prediction, from safetensors only, with a processor matching its geometry.
 
@@ -333,7 +334,7 @@ def load_for_inference(
         model = load_trained_parts(model_name_or_path, base_model_name_or_path)
         processor_source = base_model_name_or_path or trained_parts_base(model_name_or_path)
     else:
-        model = SamPromptLearnerModel.from_pretrained(model_name_or_path, use_safetensors=True)
+        model = load_prompt_learner_model(model_name_or_path, use_safetensors=True)
         processor_source = model_name_or_path
     processor = load_processor(processor_source, model.config)
     device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")

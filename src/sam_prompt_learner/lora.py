@@ -1,4 +1,5 @@
-"""LoRA for [`SamPromptLearnerModel`] with `peft`: which SAM projections to adapt, and the new modules trained in full.
+"""LoRA for the prompt-learner models with `peft`: which projections of SAM, SAM-HQ or SAM 2 to adapt, and the new
+modules trained in full. The same target names work for every family.
 
 ```python
 from peft import get_peft_model
@@ -15,10 +16,12 @@ from peft import LoraConfig
 
 # Regexes over module names (peft matches a string `target_modules` with re.fullmatch).
 LORA_TARGETS = {
-    # q/k/v/out projections of every attention in SAM's two-way transformer (token<->image and self-attention).
-    "mask_decoder": r"mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|out_proj)",
-    # The fused qkv projection of every ViT block of the image encoder (adapts q, k and v together).
-    "vision_encoder": r"vision_encoder\.layers\.\d+\.attn\.qkv",
+    # q/k/v/output projections of every attention in the two-way transformer (token<->image and self-attention); the
+    # output projection is `out_proj` in SAM and SAM-HQ, `o_proj` in SAM 2.
+    "mask_decoder": r"mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|out_proj|o_proj)",
+    # The fused qkv projection of every block of the image encoder (adapts q, k and v together): the ViT layers of
+    # SAM and SAM-HQ, the Hiera blocks of SAM 2.
+    "vision_encoder": r"vision_encoder\.(layers|backbone\.blocks)\.\d+\.attn\.qkv",
 }
 
 

@@ -1,7 +1,9 @@
-"""SAM with a Prompt Learning Module (PLM) and a point-matching boundary head (PMM).
+"""SAM, SAM-HQ and SAM 2 with a Prompt Learning Module (PLM) and a point-matching boundary head (PMM).
 
-`SamPromptLearnerModel` is a `transformers.SamModel`: any SAM checkpoint loads into it with `from_pretrained`, its
-forward keeps `SamModel`'s signature and outputs, and with the PLM untrained it reproduces SAM exactly. It adds:
+`SamPromptLearnerModel` is a `transformers.SamModel`, `SamHQPromptLearnerModel` a `SamHQModel` and
+`Sam2PromptLearnerModel` a `Sam2Model`: any checkpoint of the family loads into its class with `from_pretrained`, its
+forward keeps the base's signature and outputs, and with the PLM untrained it reproduces the base exactly. One
+implementation ([`PromptLearnerMixin`]) adds to each:
 
 - `prompt_learner`: refines the sparse prompt tokens against the image embeddings before the mask decoder
   (prompt self-attention -> prompt-to-image cross-attention -> MLP, residual, zero-initialised output);
@@ -12,13 +14,25 @@ forward keeps `SamModel`'s signature and outputs, and with the PLM untrained it 
 """
 
 import contextlib
+import dataclasses
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import SamModel
+from transformers import (
+    AutoConfig,
+    PreTrainedConfig,
+    Sam2Config,
+    Sam2Model,
+    SamConfig,
+    SamHQConfig,
+    SamHQModel,
+    SamModel,
+)
 from transformers import initialization as init
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
 from transformers.models.sam.modeling_sam import SamAttention, SamFeedForward, SamMLPBlock
@@ -26,7 +40,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_prompt_learner import PromptLearnerConfig
+from .configuration_prompt_learner import PromptLearnerConfig, Sam2PromptLearnerConfig, SamHQPromptLearnerConfig
 from .losses import (
     boundary_point_loss,
     dice_loss,
@@ -47,8 +61,9 @@ DEFAULT_TRAINABLE_PARTS = ("prompt_learner", "point_matching_head")
 @dataclass
 class SamPromptLearnerOutput(ModelOutput):
     r"""
-    Output of [`SamPromptLearnerModel`]: `SamModel`'s outputs, plus the loss terms when `labels` are given and the
-    boundary points of the point-matching head when asked for (or when training).
+    Output of every prompt-learner model: the base model's outputs (`SamModel`'s, `SamHQModel`'s, `Sam2Model`'s),
+    plus the loss terms when `labels` are given and the boundary points of the point-matching head when asked for
+    (or when training).
 
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
         Weighted sum of the terms below (weights from the config).
@@ -57,12 +72,18 @@ class SamPromptLearnerOutput(ModelOutput):
     pred_masks (`torch.FloatTensor` of shape `(batch_size, point_batch_size, num_masks, 4E, 4E)`):
         Low-resolution mask logits in the padded input frame (E = image_size / patch_size); post-process with the
         processor's `post_process_masks`.
+    object_score_logits (`torch.FloatTensor` of shape `(batch_size, point_batch_size, 1)`, SAM 2 only):
+        Logit that the prompted object is present, as in `Sam2ImageSegmentationOutput`.
+    image_embeddings (`list[torch.FloatTensor]`, SAM 2 only):
+        The multi-scale features the mask decoder read, as in `Sam2ImageSegmentationOutput`.
     pred_boundary_points (`torch.FloatTensor` of shape `(batch_size, point_batch_size, num_masks, K, 2)`, *optional*):
         The point-matching head's boundary points per mask, `(x, y)` normalised to `[0, 1]` over the padded input
         frame (multiply by `image_size` for input pixels).
     focal_loss, dice_loss, iou_loss, point_matching_loss, boundary_point_loss (`torch.FloatTensor` of shape `()`):
         Unweighted loss terms, averaged over the valid prompts (the trained mask of each prompt; the IoU loss over
         every returned mask).
+    object_score_loss (`torch.FloatTensor` of shape `()`, SAM 2 only):
+        BCE of the object-score logit against "the ground-truth mask is non-empty", averaged over the valid prompts.
     vision_hidden_states, vision_attentions, mask_decoder_attentions:
         As in `SamImageSegmentationOutput`.
     """
@@ -70,12 +91,15 @@ class SamPromptLearnerOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     iou_scores: torch.FloatTensor | None = None
     pred_masks: torch.FloatTensor | None = None
+    object_score_logits: torch.FloatTensor | None = None
+    image_embeddings: list[torch.FloatTensor] | None = None
     pred_boundary_points: torch.FloatTensor | None = None
     focal_loss: torch.FloatTensor | None = None
     dice_loss: torch.FloatTensor | None = None
     iou_loss: torch.FloatTensor | None = None
     point_matching_loss: torch.FloatTensor | None = None
     boundary_point_loss: torch.FloatTensor | None = None
+    object_score_loss: torch.FloatTensor | None = None
     vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     vision_attentions: tuple[torch.FloatTensor, ...] | None = None
     mask_decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -183,7 +207,8 @@ class PromptLearningModule(nn.Module):
             mlp_dim=config.prompt_learner_mlp_dim,
             num_attention_heads=config.prompt_learner_num_attention_heads,
             attention_downsample_rate=config.prompt_learner_attention_downsample_rate,
-            layer_norm_eps=decoder.layer_norm_eps,
+            # SAM 2's decoder config has no `layer_norm_eps`; its decoder's LayerNorms use 1e-6, as SAM's do.
+            layer_norm_eps=getattr(decoder, "layer_norm_eps", 1e-6),
         )
         self.config._attn_implementation = decoder._attn_implementation
         self.layers = nn.ModuleList(PromptLearningLayer(self.config) for _ in range(config.prompt_learner_depth))
@@ -238,23 +263,84 @@ class PointMatchingHead(nn.Module):
         return points.unflatten(-1, (self.num_boundary_points, 2))  # (B, P, M, K, 2)
 
 
-class SamPromptLearnerModel(SamModel):
-    r"""
-    SAM with a Prompt Learning Module and a point-matching head; see the module docstring. Loading any SAM checkpoint
-    (`SamPromptLearnerModel.from_pretrained("facebook/sam-vit-base")` or a local directory) reuses every SAM tensor
-    exactly and initialises the new modules (the PLM as the identity). After loading, only
-    `DEFAULT_TRAINABLE_PARTS` (the PLM and the head) require gradients; change that with [`set_trainable`].
+@dataclass
+class DecodedMasks:
+    """What a family's mask decoder gives the shared prompt-learner code.
+
+    pred_masks `(B, P, M, 4E, 4E)` and iou_scores `(B, P, M)`: the family's own outputs, unchanged;
+    mask_tokens `(B, P, M, C)` and mask_features `(B*P, C/8, 4E, 4E)`: the output token of each returned mask and the
+    upscaled image features the masks are made of (for the point-matching head; `None` when not asked for);
+    family_outputs: the family's further outputs (SAM 2: `object_score_logits`).
     """
 
-    config: PromptLearnerConfig
-    # The new modules are legitimately missing from SAM checkpoints: they are initialised, not reported as missing.
+    pred_masks: torch.Tensor
+    iou_scores: torch.Tensor
+    mask_tokens: torch.Tensor | None = None
+    mask_features: torch.Tensor | None = None
+    family_outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def recorded_outputs(modules: dict[str, nn.Module], enabled: bool = True):
+    """Record the forward outputs of `modules` under their keys while the block runs (the mask decoders return only
+    masks and scores, not the tokens and features the point-matching head reads)."""
+    recorded: dict[str, Any] = {}
+    if not enabled:
+        yield recorded
+        return
+    handles = [
+        module.register_forward_hook(lambda _module, _inputs, output, key=key: recorded.__setitem__(key, output))
+        for key, module in modules.items()
+    ]
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+_FORWARD_ARGUMENTS_DOC = r"""
+        Arguments are those of the base model's `forward` (see its documentation), plus:
+
+        labels (`torch.Tensor` of shape `(batch_size, point_batch_size, height, width)`, *optional*):
+            Binary ground-truth mask of each prompt, in the model's input frame (the frame of `pixel_values`; masks
+            from the processor's `segmentation_maps=` qualify), any square resolution. They are resized to the
+            `4E x 4E` logit grid (antialiased bilinear, threshold 0.5). With labels the output holds `loss`.
+            With `multimask_output=True` only the lowest-loss of the three masks is trained (SAM's rule), while the
+            IoU head learns the IoU of all three.
+        prompt_mask (`torch.Tensor` of shape `(batch_size, point_batch_size)`, *optional*):
+            True for real prompts, False for padding prompts (ignored by the loss). All prompts are real by default.
+        output_boundary_points (`bool`, *optional*):
+            Return the point-matching head's boundary points. Defaults to True when `labels` are given.
+"""
+
+
+def _document_forward(forward):
+    forward.__doc__ = _FORWARD_ARGUMENTS_DOC
+    return forward
+
+
+class PromptLearnerMixin:
+    r"""
+    The prompt learner, the point-matching head, the loss and the trainable parts, shared by every family: mixed into
+    the family's transformers model (`class SamPromptLearnerModel(PromptLearnerMixin, SamModel)`), it adds the two
+    modules and runs `forward` as prompt encoder -> PLM -> mask decoder (-> head, loss). A family implements the steps
+    that differ: `_split_family_arguments` (its own `forward` arguments), `_encode_images` (pixels -> what the decoder
+    reads), `_image_embeddings_of` (the `(B, C, E, E)` embedding the PLM attends to), `_prepare_prompts`, `_decode`
+    and, where image encoding uses parameters outside the vision encoder, `_image_encoding_parameters`.
+    """
+
+    # How model cards and messages name the family (set by each family's class).
+    family_name: str
+
+    # The new modules are legitimately missing from base checkpoints: they are initialised, not reported as missing.
     _keys_to_ignore_on_load_missing = [r"^prompt_learner\.", r"^point_matching_head\."]
 
-    def __init__(self, config: PromptLearnerConfig):
+    def __init__(self, config):
         super().__init__(config)
         self.prompt_learner = PromptLearningModule(config) if config.prompt_learner_depth > 0 else None
         self.point_matching_head = PointMatchingHead(config) if config.use_point_matching_head else None
-        # SamModel.__init__ initialised its own modules; this second pass initialises only the new ones.
+        # The base __init__ initialised its own modules; this second pass initialises only the new ones.
         self.post_init()
         self.set_default_trainable()
 
@@ -272,7 +358,7 @@ class SamPromptLearnerModel(SamModel):
         return model
 
     def set_default_trainable(self):
-        """Train the prompt learner and the point-matching head (those this config has); freeze SAM."""
+        """Train the prompt learner and the point-matching head (those this config has); freeze the base model."""
         self.set_trainable([name for name in DEFAULT_TRAINABLE_PARTS if getattr(self, name) is not None])
 
     def set_trainable(self, parts: Iterable[str]) -> int:
@@ -280,8 +366,10 @@ class SamPromptLearnerModel(SamModel):
 
         Args:
             parts: names among `TRAINABLE_PARTS` (`"prompt_learner"`, `"point_matching_head"`, `"mask_decoder"`,
-                `"prompt_encoder"`, `"vision_encoder"`). The positional matrix shared by the image and the prompt
-                encoder trains with either encoder.
+                `"prompt_encoder"`, `"vision_encoder"`). The image positional matrix (`shared_image_embedding`)
+                trains with either encoder. Parameters that run once per image before the decoder
+                (`_image_encoding_parameters`, e.g. SAM 2's high-resolution projections) train with the vision
+                encoder only, so that a step from cached image features equals a step from pixels.
 
         Returns:
             The number of trainable parameters.
@@ -298,10 +386,17 @@ class SamPromptLearnerModel(SamModel):
             getattr(self, name).requires_grad_(True)
         if "vision_encoder" in parts or "prompt_encoder" in parts:
             self.shared_image_embedding.requires_grad_(True)
+        for parameter in self._image_encoding_parameters():
+            parameter.requires_grad_("vision_encoder" in parts)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _image_encoding_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside `vision_encoder` that compute the decoder's image inputs (none for SAM)."""
+        return []
 
     @merge_with_config_defaults
     @capture_outputs
+    @_document_forward
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -318,32 +413,81 @@ class SamPromptLearnerModel(SamModel):
         output_boundary_points: bool | None = None,
         **kwargs,
     ) -> SamPromptLearnerOutput:
-        r"""
-        Arguments are those of `SamModel.forward` (see its documentation), plus:
-
-        labels (`torch.Tensor` of shape `(batch_size, point_batch_size, height, width)`, *optional*):
-            Binary ground-truth mask of each prompt, in the padded input frame (the frame of `pixel_values`; masks
-            from `SamProcessor(segmentation_maps=...)` qualify), any square resolution. They are resized to the
-            `4E x 4E` logit grid (antialiased bilinear, threshold 0.5). With labels the output holds `loss`.
-            With `multimask_output=True` only the lowest-loss of the three masks is trained (SAM's rule), while the
-            IoU head learns the IoU of all three.
-        prompt_mask (`torch.Tensor` of shape `(batch_size, point_batch_size)`, *optional*):
-            True for real prompts, False for padding prompts (ignored by the loss). All prompts are real by default.
-        output_boundary_points (`bool`, *optional*):
-            Return the point-matching head's boundary points. Defaults to True when `labels` are given.
-        """
-        batch_size, point_batch_size = self._check_inputs(
-            pixel_values, input_points, input_labels, input_boxes, image_embeddings, labels, prompt_mask
+        image_features, family_decoder_kwargs = self._split_family_arguments(image_embeddings, kwargs)
+        return self._prompt_learner_forward(
+            pixel_values,
+            image_features,
+            input_points,
+            input_labels,
+            input_boxes,
+            input_masks,
+            multimask_output,
+            labels,
+            prompt_mask,
+            output_boundary_points,
+            dict(attention_similarity=attention_similarity, target_embedding=target_embedding, **family_decoder_kwargs),
+            **kwargs,
         )
-        vision_hidden_states = vision_attentions = None
-        if pixel_values is not None:
-            # Not get_image_embeddings: it runs under no_grad, which would block LoRA on the encoder.
-            vision_outputs = self.vision_encoder(pixel_values, **kwargs)
-            image_embeddings = vision_outputs.last_hidden_state
-            vision_hidden_states = vision_outputs.hidden_states
-            vision_attentions = vision_outputs.attentions
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # the steps a family implements
+
+    def _split_family_arguments(self, image_embeddings: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """`(image_features, decoder_kwargs)`: the given image features in the family's form and the family's own
+        decoder arguments, popped from `forward`'s `kwargs` (none for SAM and SAM 2, which share SAM's arguments)."""
+        return image_embeddings, {}
+
+    def _encode_images(self, pixel_values: torch.Tensor, **kwargs) -> tuple[Any, ModelOutput]:
+        """`(image_features, vision_outputs)`: what the decoder reads, in the form `forward(image_embeddings=...)`
+        takes, with gradients (not the base's `no_grad` `get_image_embeddings`), and the vision encoder's outputs."""
+        raise NotImplementedError
+
+    def _image_embeddings_of(self, image_features: Any) -> torch.Tensor:
+        """The `(B, C, E, E)` image embedding the mask decoder's transformer and the PLM attend to."""
+        return image_features
+
+    def _prepare_prompts(self, input_points, input_labels, input_boxes, input_masks, image_embeddings):
+        """The base's own prompt defaults before its prompt encoder (missing point labels are ones in every family)."""
         if input_points is not None and input_labels is None:
             input_labels = torch.ones_like(input_points[:, :, :, 0], dtype=torch.int)
+        return input_points, input_labels, input_boxes, input_masks
+
+    def _decode(self, image_features: Any, decoder_arguments: dict[str, Any], with_mask_features: bool) -> DecodedMasks:
+        """Run the family's mask decoder on `image_features` with `decoder_arguments` (the positional embeddings, the
+        sparse (PLM-refined) and dense prompt embeddings, `multimask_output` and the family's own arguments)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # the shared forward
+
+    def _prompt_learner_forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        image_features: Any,
+        input_points: torch.Tensor | None,
+        input_labels: torch.Tensor | None,
+        input_boxes: torch.Tensor | None,
+        input_masks: torch.Tensor | None,
+        multimask_output: bool,
+        labels: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None,
+        output_boundary_points: bool | None,
+        decoder_kwargs: dict[str, Any],
+        **kwargs,
+    ) -> SamPromptLearnerOutput:
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
+        batch_size = (
+            pixel_values.shape[0] if pixel_values is not None else self._image_embeddings_of(image_features).shape[0]
+        )
+        self._check_inputs(batch_size, input_points, input_labels, input_boxes, labels, prompt_mask)
+        vision_outputs = None
+        if pixel_values is not None:
+            image_features, vision_outputs = self._encode_images(pixel_values, **kwargs)
+        image_embeddings = self._image_embeddings_of(image_features)
+        input_points, input_labels, input_boxes, input_masks = self._prepare_prompts(
+            input_points, input_labels, input_boxes, input_masks, image_embeddings
+        )
 
         image_positional_embeddings = self.get_image_wide_positional_embeddings().repeat(batch_size, 1, 1, 1)
         sparse_embeddings, dense_embeddings = self.prompt_encoder(
@@ -360,26 +504,27 @@ class SamPromptLearnerModel(SamModel):
         want_points = self.point_matching_head is not None and (
             output_boundary_points if output_boundary_points is not None else labels is not None
         )
-        with self._capture_decoder_features(want_points) as decoder_features:
-            pred_masks, iou_scores = self.mask_decoder(
-                image_embeddings=image_embeddings,
-                image_positional_embeddings=image_positional_embeddings,
-                sparse_prompt_embeddings=sparse_embeddings,
-                dense_prompt_embeddings=dense_embeddings,
-                multimask_output=multimask_output,
-                attention_similarity=attention_similarity,
-                target_embedding=target_embedding,
-            )
+        decoder_arguments = dict(
+            image_positional_embeddings=image_positional_embeddings,
+            sparse_prompt_embeddings=sparse_embeddings,
+            dense_prompt_embeddings=dense_embeddings,
+            multimask_output=multimask_output,
+            **decoder_kwargs,
+        )
+        decoded = self._decode(image_features, decoder_arguments, with_mask_features=want_points)
         pred_boundary_points = None
         if want_points:
-            pred_boundary_points = self._predict_boundary_points(decoder_features, pred_masks, multimask_output)
+            point_batch_size = decoded.pred_masks.shape[1]
+            features = decoded.mask_features.reshape(batch_size, point_batch_size, *decoded.mask_features.shape[1:])
+            pred_boundary_points = self.point_matching_head(decoded.mask_tokens, features, decoded.pred_masks)
 
         output = SamPromptLearnerOutput(
-            iou_scores=iou_scores,
-            pred_masks=pred_masks,
+            iou_scores=decoded.iou_scores,
+            pred_masks=decoded.pred_masks,
             pred_boundary_points=pred_boundary_points,
-            vision_hidden_states=vision_hidden_states,
-            vision_attentions=vision_attentions,
+            vision_hidden_states=vision_outputs.hidden_states if vision_outputs is not None else None,
+            vision_attentions=vision_outputs.attentions if vision_outputs is not None else None,
+            **decoded.family_outputs,
         )
         if labels is not None:
             self._add_losses(output, labels, prompt_mask)
@@ -388,13 +533,9 @@ class SamPromptLearnerModel(SamModel):
     # ----------------------------------------------------------------------------------------------------------------
     # forward helpers
 
-    def _check_inputs(
-        self, pixel_values, input_points, input_labels, input_boxes, image_embeddings, labels, prompt_mask
-    ) -> tuple[int, int]:
-        """Validate the inputs up front, with messages that name the problem. Returns (batch_size, point_batch_size)."""
-        if (pixel_values is None) == (image_embeddings is None):
-            raise ValueError("Pass exactly one of `pixel_values` and `image_embeddings`.")
-        batch_size = (pixel_values if pixel_values is not None else image_embeddings).shape[0]
+    @staticmethod
+    def _check_inputs(batch_size, input_points, input_labels, input_boxes, labels, prompt_mask) -> None:
+        """Validate the prompts and labels up front, with messages that name the problem."""
         if input_points is not None:
             if input_points.dim() != 4 or input_points.shape[-1] != 2:
                 raise ValueError(
@@ -448,7 +589,6 @@ class SamPromptLearnerModel(SamModel):
             raise ValueError(
                 f"`prompt_mask` must have shape {(batch_size, point_batch_size)}, got {tuple(prompt_mask.shape)}."
             )
-        return batch_size, point_batch_size
 
     @staticmethod
     def _padding_tokens(input_labels: torch.Tensor | None, sparse_embeddings: torch.Tensor) -> torch.Tensor:
@@ -459,34 +599,6 @@ class SamPromptLearnerModel(SamModel):
             num_points = input_labels.shape[2]
             is_padding[:, :, :num_points] = input_labels == POINT_PAD_LABEL
         return is_padding
-
-    @contextlib.contextmanager
-    def _capture_decoder_features(self, enabled: bool):
-        """Record the mask decoder's output tokens and upscaled features (it returns only masks and IoU)."""
-        captured: dict[str, torch.Tensor] = {}
-        if not enabled:
-            yield captured
-            return
-        decoder = self.mask_decoder
-        handles = [
-            decoder.transformer.register_forward_hook(lambda m, i, out: captured.__setitem__("tokens", out[0])),
-            decoder.upscale_conv2.register_forward_hook(lambda m, i, out: captured.__setitem__("features", out)),
-        ]
-        try:
-            yield captured
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _predict_boundary_points(self, decoder_features, pred_masks: torch.Tensor, multimask_output: bool):
-        batch_size, point_batch_size = pred_masks.shape[:2]
-        # Mask token m of the decoder predicts mask m; multimask outputs are tokens 1..3, the single mask is token 0.
-        token_slice = slice(1, None) if multimask_output else slice(0, 1)
-        num_mask_tokens = self.mask_decoder.num_mask_tokens
-        mask_tokens = decoder_features["tokens"][:, :, 1 : 1 + num_mask_tokens][:, :, token_slice]
-        features = self.mask_decoder.activation(decoder_features["features"])  # the features the masks are made of
-        features = features.reshape(batch_size, point_batch_size, *features.shape[1:])
-        return self.point_matching_head(mask_tokens, features, pred_masks)
 
     def _add_losses(self, output: SamPromptLearnerOutput, labels: torch.Tensor, prompt_mask: torch.Tensor | None):
         config = self.config
@@ -539,6 +651,13 @@ class SamPromptLearnerModel(SamModel):
             "point_matching_loss": config.point_matching_loss_weight,
             "boundary_point_loss": config.boundary_point_loss_weight,
         }
+        if output.object_score_logits is not None:
+            object_logits = output.object_score_logits.reshape(-1)[valid]  # (V,)
+            object_present = targets.flatten(1).any(dim=1).to(object_logits.dtype)
+            terms["object_score_loss"] = F.binary_cross_entropy_with_logits(
+                object_logits, object_present, reduction="none"
+            )
+            weights["object_score_loss"] = config.object_score_loss_weight
         # Averaged over valid prompts; a batch of padding only gives a zero loss that still has a graph.
         denominator = max(num_valid, 1)
         output.loss = pred_masks.sum() * 0.0
@@ -546,6 +665,217 @@ class SamPromptLearnerModel(SamModel):
             term = values.sum() / denominator
             setattr(output, name, term)
             output.loss = output.loss + weights[name] * term
+
+
+class SamPromptLearnerModel(PromptLearnerMixin, SamModel):
+    r"""
+    SAM with a Prompt Learning Module and a point-matching head; see the module docstring. Loading any SAM checkpoint
+    (`SamPromptLearnerModel.from_pretrained("facebook/sam-vit-base")` or a local directory) reuses every SAM tensor
+    exactly and initialises the new modules (the PLM as the identity). After loading, only
+    `DEFAULT_TRAINABLE_PARTS` (the PLM and the head) require gradients; change that with [`set_trainable`].
+    """
+
+    config: PromptLearnerConfig
+    family_name = "SAM"
+
+    def _encode_images(self, pixel_values, **kwargs):
+        # Not get_image_embeddings: it runs under no_grad, which would block LoRA on the encoder.
+        vision_outputs = self.vision_encoder(pixel_values, **kwargs)
+        return vision_outputs.last_hidden_state, vision_outputs
+
+    def _decode(self, image_features, decoder_arguments, with_mask_features):
+        decoder = self.mask_decoder
+        recorders = {"tokens": decoder.transformer, "features": decoder.upscale_conv2}
+        with recorded_outputs(recorders, enabled=with_mask_features) as recorded:
+            pred_masks, iou_scores = decoder(image_embeddings=image_features, **decoder_arguments)
+        decoded = DecodedMasks(pred_masks, iou_scores)
+        if with_mask_features:
+            # Tokens (B, P, T, C): the IoU token, the single-mask token, the multimask tokens, then the prompts.
+            mask_tokens = recorded["tokens"][0][:, :, 1 : 2 + decoder.num_multimask_outputs]
+            multimask = decoder_arguments["multimask_output"]
+            decoded.mask_tokens = mask_tokens[:, :, 1:] if multimask else mask_tokens[:, :, :1]
+            decoded.mask_features = decoder.activation(recorded["features"])  # the features the masks are made of
+        return decoded
+
+
+class SamHQPromptLearnerModel(PromptLearnerMixin, SamHQModel):
+    r"""
+    SAM-HQ with the Prompt Learning Module and the point-matching head of [`SamPromptLearnerModel`] (one shared
+    implementation, [`PromptLearnerMixin`]). Any SAM-HQ checkpoint loads with every tensor unchanged; untrained, the
+    outputs are `SamHQModel`'s. `forward` takes `SamHQModel.forward`'s two further arguments: `hq_token_only` (`bool`,
+    defaults to `False`: SAM's masks plus the HQ mask; `True`: the HQ mask alone) and `intermediate_embeddings` (the
+    ViT features of the global-attention blocks, `[(B, E, E, D), ...]`, of which the decoder reads the first; computed
+    from `pixel_values`, or given next to `image_embeddings` as `get_image_embeddings` returns them). The head reads
+    the SAM mask token of each returned mask (the HQ token with `hq_token_only`) and SAM's upscaled features.
+    """
+
+    config: SamHQPromptLearnerConfig
+    family_name = "SAM-HQ"
+
+    def _split_family_arguments(self, image_embeddings, kwargs):
+        intermediate_embeddings = kwargs.pop("intermediate_embeddings", None)
+        image_features = None if image_embeddings is None else (image_embeddings, intermediate_embeddings)
+        return image_features, {"hq_token_only": kwargs.pop("hq_token_only", False)}
+
+    def _encode_images(self, pixel_values, **kwargs):
+        vision_outputs = self.vision_encoder(pixel_values, **kwargs)
+        return (vision_outputs.last_hidden_state, vision_outputs.intermediate_embeddings), vision_outputs
+
+    def _image_embeddings_of(self, image_features):
+        return image_features[0]
+
+    def _decode(self, image_features, decoder_arguments, with_mask_features):
+        decoder = self.mask_decoder
+        image_embeddings, intermediate_embeddings = image_features
+        recorders = {
+            "tokens": decoder.transformer,
+            "features": decoder.upscale_conv2,
+            "iou": decoder.iou_prediction_head,
+        }
+        with recorded_outputs(recorders, enabled=with_mask_features) as recorded:
+            pred_masks, iou_scores = decoder(
+                image_embeddings=image_embeddings, intermediate_embeddings=intermediate_embeddings, **decoder_arguments
+            )
+        decoded = DecodedMasks(pred_masks, iou_scores)
+        if with_mask_features:
+            # Tokens (B, P, T, C): the IoU token, the single-mask token, the multimask tokens, the HQ token, prompts.
+            num_sam_masks = 1 + decoder.num_multimask_outputs
+            tokens = recorded["tokens"][0]
+            if decoder_arguments["hq_token_only"]:
+                decoded.mask_tokens = tokens[:, :, 1 + num_sam_masks : 2 + num_sam_masks]
+            elif decoder_arguments["multimask_output"]:
+                # SAM-HQ returns its multimask outputs sorted by predicted IoU; the tokens follow the same order.
+                order = torch.sort(recorded["iou"][:, :, 1:num_sam_masks], dim=2, descending=True).indices
+                multimask_tokens = tokens[:, :, 2 : 1 + num_sam_masks]
+                decoded.mask_tokens = torch.gather(
+                    multimask_tokens, 2, order.unsqueeze(-1).expand(-1, -1, -1, tokens.shape[-1])
+                )
+            else:
+                decoded.mask_tokens = tokens[:, :, 1:2]
+            decoded.mask_features = decoder.activation(recorded["features"])
+        return decoded
+
+
+class Sam2PromptLearnerModel(PromptLearnerMixin, Sam2Model):
+    r"""
+    SAM 2 (and SAM 2.1) with the Prompt Learning Module and the point-matching head of [`SamPromptLearnerModel`] (one
+    shared implementation, [`PromptLearnerMixin`]), for single images. Any SAM 2 checkpoint loads with every tensor
+    unchanged; untrained, the outputs are `Sam2Model`'s, `object_score_logits` and the multi-scale `image_embeddings`
+    included. `image_embeddings` is, as for `Sam2Model`, the list `[high-resolution s0 (B, C/8, 4E, 4E), s1
+    (B, C/4, 2E, 2E), image embedding (B, C, E, E)]` (`get_image_embeddings`); the PLM attends to the last. The two
+    high-resolution projections of the decoder (`mask_decoder.conv_s0`, `conv_s1`) run once per image inside image
+    encoding (transformers' `get_image_features`), so they train with `vision_encoder`, not with `mask_decoder`: that is
+    what keeps a step from cached features equal to a step from pixels.
+    """
+
+    config: Sam2PromptLearnerConfig
+    family_name = "SAM 2"
+
+    def _split_family_arguments(self, image_embeddings, kwargs):
+        if image_embeddings is not None and (
+            not isinstance(image_embeddings, (list, tuple)) or len(image_embeddings) != len(self.backbone_feature_sizes)
+        ):
+            raise ValueError(
+                "SAM 2's `image_embeddings` is the list [high-resolution s0, s1, image embeddings] that "
+                f"`get_image_embeddings` returns, got {type(image_embeddings).__name__}"
+                f"{f' of length {len(image_embeddings)}' if isinstance(image_embeddings, (list, tuple)) else ''}."
+            )
+        return image_embeddings, {}
+
+    def _image_encoding_parameters(self):
+        decoder = self.mask_decoder
+        return [self.no_memory_embedding, *decoder.conv_s0.parameters(), *decoder.conv_s1.parameters()]
+
+    def _encode_images(self, pixel_values, **kwargs):
+        # Sam2Model.forward's image path (get_image_embeddings is the same under no_grad).
+        vision_outputs = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+        feature_maps = vision_outputs.fpn_hidden_states  # (HW, B, C) per level, high to low resolution
+        feature_maps[-1] = feature_maps[-1] + self.no_memory_embedding
+        batch_size = pixel_values.shape[0]
+        image_features = [
+            feature_map.permute(1, 2, 0).view(batch_size, -1, *size)
+            for feature_map, size in zip(feature_maps, self.backbone_feature_sizes, strict=True)
+        ]
+        return image_features, vision_outputs
+
+    def _image_embeddings_of(self, image_features):
+        return image_features[-1]
+
+    def _prepare_prompts(self, input_points, input_labels, input_boxes, input_masks, image_embeddings):
+        input_points, input_labels, input_boxes, input_masks = super()._prepare_prompts(
+            input_points, input_labels, input_boxes, input_masks, image_embeddings
+        )
+        # Sam2Model.forward: without points or boxes, one "not a point" token; mask prompts at the decoder's size.
+        if input_points is None and input_boxes is None:
+            batch_size = image_embeddings.shape[0]
+            input_points = image_embeddings.new_zeros(batch_size, 1, 1, 2)
+            input_labels = -torch.ones(batch_size, 1, 1, dtype=torch.int32, device=image_embeddings.device)
+        if input_masks is not None and input_masks.shape[-2:] != self.prompt_encoder.mask_input_size:
+            input_masks = F.interpolate(
+                input_masks.float(),
+                size=self.prompt_encoder.mask_input_size,
+                align_corners=False,
+                mode="bilinear",
+                antialias=True,
+            ).to(input_masks.dtype)
+        return input_points, input_labels, input_boxes, input_masks
+
+    def _decode(self, image_features, decoder_arguments, with_mask_features):
+        decoder = self.mask_decoder
+        with recorded_outputs({"features": decoder.upscale_conv2}, enabled=with_mask_features) as recorded:
+            pred_masks, iou_scores, mask_tokens, object_score_logits = decoder(
+                image_embeddings=image_features[-1], high_resolution_features=image_features[:-1], **decoder_arguments
+            )
+        decoded = DecodedMasks(
+            pred_masks,
+            iou_scores,
+            family_outputs=dict(object_score_logits=object_score_logits, image_embeddings=image_features),
+        )
+        if with_mask_features:
+            decoded.mask_tokens = mask_tokens  # (B, P, M, C), returned by the decoder
+            # Sam2MaskDecoder adds the s0 features before the last activation.
+            point_batch_size = pred_masks.shape[1]
+            high_resolution = image_features[0].repeat_interleave(point_batch_size, dim=0)
+            decoded.mask_features = decoder.activation(recorded["features"] + high_resolution)
+        return decoded
+
+
+# The family's base config class -> its prompt-learner model (adapted configs subclass their family's config).
+PROMPT_LEARNER_MODEL_CLASSES = {
+    SamConfig: SamPromptLearnerModel,
+    SamHQConfig: SamHQPromptLearnerModel,
+    Sam2Config: Sam2PromptLearnerModel,
+}
+
+
+def prompt_learner_class_for(config: PreTrainedConfig) -> type[PromptLearnerMixin]:
+    """The prompt-learner model class of a config's family: `SamPromptLearnerModel` for a `SamConfig` (plain SAM or
+    adapted), `SamHQPromptLearnerModel` for a `SamHQConfig`, `Sam2PromptLearnerModel` for a `Sam2Config`."""
+    for base_config_class, model_class in PROMPT_LEARNER_MODEL_CLASSES.items():
+        if isinstance(config, base_config_class):
+            return model_class
+    raise ValueError(
+        f"No prompt-learner model for a {type(config).__name__} (model_type {config.model_type!r}): the supported "
+        "families are SAM (`sam`), SAM-HQ (`sam_hq`) and SAM 2 (`sam2`)."
+    )
+
+
+def prompt_learner_class_for_model_type(model_type: str) -> type[PromptLearnerMixin]:
+    """The prompt-learner model class whose config has this `model_type` (e.g. `"sam2_prompt_learner"`)."""
+    for model_class in PROMPT_LEARNER_MODEL_CLASSES.values():
+        if model_class.config_class.model_type == model_type:
+            return model_class
+    known = [model_class.config_class.model_type for model_class in PROMPT_LEARNER_MODEL_CLASSES.values()]
+    raise ValueError(f"{model_type!r} is not a prompt-learner model type; known: {known}.")
+
+
+def load_prompt_learner_model(model_name_or_path: str | os.PathLike, **kwargs) -> PromptLearnerMixin:
+    """Load a checkpoint of any supported family (plain or adapted) into its prompt-learner class; `kwargs` go to
+    `from_pretrained` (config fields among them override the checkpoint's)."""
+    hub_keys = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+    config_kwargs = {key: kwargs[key] for key in hub_keys if key in kwargs}
+    config = AutoConfig.from_pretrained(model_name_or_path, **config_kwargs)
+    return prompt_learner_class_for(config).from_pretrained(model_name_or_path, **kwargs)
 
 
 def resize_masks(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -15,8 +15,11 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoProcessor, BaseImageProcessor, SamConfig, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil, _rle_to_mask
+from transformers.utils import logging
 
-from .configuration_prompt_learner import PromptLearnerConfig
+from .configuration_prompt_learner import PROMPT_LEARNER_CONFIG_CLASSES
+
+logger = logging.get_logger(__name__)
 
 
 def box_iou(boxes: torch.Tensor, other_boxes: torch.Tensor) -> torch.Tensor:
@@ -125,19 +128,23 @@ class SamPromptLearnerImageProcessor(SamImageProcessorPil):
 
 def register_processing() -> None:
     """
-    Register [`SamPromptLearnerImageProcessor`] and `SamProcessor` for the `sam_prompt_learner` model type, so that
+    Register [`SamPromptLearnerImageProcessor`] and `SamProcessor` for every prompt-learner model type, so that
     `AutoImageProcessor` / `AutoProcessor.from_pretrained` resolve them without `trust_remote_code`. Registration is
     also what lets a saved `"image_processor_type": "SamPromptLearnerImageProcessor"` resolve to this class for any
     checkpoint (transformers looks registered classes up by name). Safe to call more than once.
     """
     # One implementation serves both backend names: with torchvision installed, auto classes ask for the
     # "torchvision" backend first and would otherwise warn about falling back.
-    AutoImageProcessor.register(
-        PromptLearnerConfig,
-        image_processor_classes={"pil": SamPromptLearnerImageProcessor, "torchvision": SamPromptLearnerImageProcessor},
-        exist_ok=True,
-    )
-    AutoProcessor.register(PromptLearnerConfig, SamProcessor, exist_ok=True)
+    for config_class in PROMPT_LEARNER_CONFIG_CLASSES:
+        AutoImageProcessor.register(
+            config_class,
+            image_processor_classes={
+                "pil": SamPromptLearnerImageProcessor,
+                "torchvision": SamPromptLearnerImageProcessor,
+            },
+            exist_ok=True,
+        )
+        AutoProcessor.register(config_class, SamProcessor, exist_ok=True)
 
 
 def _expected_geometry(config: SamConfig) -> dict[tuple[str, str], int]:
@@ -147,8 +154,9 @@ def _expected_geometry(config: SamConfig) -> dict[tuple[str, str], int]:
     size; the mask decoder predicts `4 * image_size / patch_size` square logits (two stride-2 upscalings of the image
     embedding), and segmentation maps are resized and padded to that size.
     """
-    image_size = config.vision_config.image_size
-    mask_logits_size = 4 * (image_size // config.vision_config.patch_size)
+    # The prompt encoder's geometry is the model's input frame in every family (SAM 2's vision config has no size).
+    image_size = config.prompt_encoder_config.image_size
+    mask_logits_size = 4 * (image_size // config.prompt_encoder_config.patch_size)
     return {
         ("size", "longest_edge"): image_size,
         ("pad_size", "height"): image_size,
@@ -204,8 +212,9 @@ def check_processor_matches_config(
         if actual != expected:
             raise ValueError(
                 f"The image processor's `{attribute}['{key}']` is {actual}, but the model config expects {expected} "
-                f"(vision image_size {config.vision_config.image_size}, patch_size "
-                f"{config.vision_config.patch_size}). Build a matching processor with `processor_for_config(config)`."
+                f"(image_size {config.prompt_encoder_config.image_size}, patch_size "
+                f"{config.prompt_encoder_config.patch_size}). Build a matching processor with "
+                "`processor_for_config(config)`."
             )
 
 
@@ -215,6 +224,15 @@ def load_processor(model_name_or_path: str, config) -> SamProcessor:
     try:
         processor = SamProcessor(SamPromptLearnerImageProcessor.from_pretrained(model_name_or_path))
     except OSError:  # no preprocessor/processor config in the checkpoint
+        processor = processor_for_config(config)
+    size = processor.image_processor.size
+    if size.get("longest_edge") is None:
+        # SAM 2 checkpoints ship `Sam2ImageProcessor` settings (a square resize, which needs torchvision); this package
+        # feeds every family SAM's frame (longest side resized, padded), which SAM 2's decoder accepts as well.
+        logger.warning(
+            f"{model_name_or_path}'s image processor resizes to {size.get('height')} x {size.get('width')} (SAM 2's "
+            "square resize); using SAM's resize-longest-side-and-pad frame of the same size instead."
+        )
         processor = processor_for_config(config)
     check_processor_matches_config(processor, config)
     return processor

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .configuration_prompt_learner import PROMPT_LEARNER_FIELDS
-from .modeling_prompt_learner import SamPromptLearnerModel
+from .modeling_prompt_learner import PromptLearnerMixin, load_prompt_learner_model
 
 TRAINED_PARTS_CONFIG_NAME = "trained_parts_config.json"
 TRAINED_PARTS_WEIGHTS_NAME = "trained_parts.safetensors"
@@ -112,7 +112,7 @@ def _part_prefixes(parts: Iterable[str]) -> tuple[str, ...]:
 
 
 def save_trained_parts(
-    model: SamPromptLearnerModel,
+    model: PromptLearnerMixin,
     save_directory: str | os.PathLike,
     parts: Iterable[str],
     base_model_name_or_path: str | None = None,
@@ -121,7 +121,7 @@ def save_trained_parts(
     Save only the tensors of the parts that trained, with the JSON that [`load_trained_parts`] needs.
 
     Args:
-        model ([`SamPromptLearnerModel`]):
+        model ([`SamPromptLearnerModel`], [`SamHQPromptLearnerModel`] or [`Sam2PromptLearnerModel`]):
             The adapted model. For a peft (LoRA) model, call its own `save_pretrained(dir)` instead: the adapter it
             writes is already the small checkpoint, and `load_trained_parts` loads it.
         save_directory (`str` or `os.PathLike`):
@@ -140,9 +140,10 @@ def save_trained_parts(
         `ValueError`: for a peft model, an unknown or unsupported part, a part this model does not have, or no known
         base.
     """
-    if not isinstance(model, SamPromptLearnerModel):
+    if not isinstance(model, PromptLearnerMixin):
         raise ValueError(
-            f"save_trained_parts expects a SamPromptLearnerModel, got {type(model).__name__}. A peft (LoRA) model's "
+            f"save_trained_parts expects a prompt-learner model (e.g. SamPromptLearnerModel), got "
+            f"{type(model).__name__}. A peft (LoRA) model's "
             "adapter already is its small checkpoint: call `model.save_pretrained(directory)`."
         )
     parts = _check_parts(parts, source="save_trained_parts")
@@ -197,9 +198,11 @@ def load_trained_parts(
     directory: str | os.PathLike,
     base_model_name_or_path: str | None = None,
     **from_pretrained_kwargs: Any,
-) -> SamPromptLearnerModel:
+) -> PromptLearnerMixin:
     """
-    Rebuild an adapted model: load the base SAM into [`SamPromptLearnerModel`] and put the saved parts over it.
+    Rebuild an adapted model: load the base into its family's prompt-learner class ([`SamPromptLearnerModel`],
+    [`SamHQPromptLearnerModel`] or [`Sam2PromptLearnerModel`], read from the base's config) and put the saved parts
+    over it.
 
     The check is strict: the file must hold every tensor of the parts it names and nothing else, each with the
     shape the model built from the base expects; all other tensors stay exactly as the base checkpoint holds them.
@@ -212,11 +215,11 @@ def load_trained_parts(
             Hub id or directory of the base SAM. Defaults to the one recorded in the directory; pass it when the
             base moved (e.g. a local directory on another machine).
         from_pretrained_kwargs:
-            Passed to `SamPromptLearnerModel.from_pretrained` for the base (e.g. `torch_dtype`, `revision`);
+            Passed to the prompt-learner class's `from_pretrained` for the base (e.g. `torch_dtype`, `revision`);
             `use_safetensors` is always True.
 
     Returns:
-        [`SamPromptLearnerModel`] in eval mode, its trainable parts set to the package default.
+        The prompt-learner model of the base's family in eval mode, its trainable parts set to the package default.
 
     Raises:
         `ValueError`: the directory is not a trained-parts or adapter directory, its JSON is malformed, or its
@@ -236,7 +239,7 @@ def load_trained_parts(
     if not weights_path.is_file():
         raise ValueError(f"{directory} has {TRAINED_PARTS_CONFIG_NAME} but no {TRAINED_PARTS_WEIGHTS_NAME}.")
     base = base_model_name_or_path or config.base_model_name_or_path
-    model = SamPromptLearnerModel.from_pretrained(
+    model = load_prompt_learner_model(
         base, **{**from_pretrained_kwargs, **config.prompt_learner_config, "use_safetensors": True}
     )
     tensors = load_file(weights_path)
@@ -246,7 +249,7 @@ def load_trained_parts(
 
 
 def _check_tensors_fit(
-    model: SamPromptLearnerModel, tensors: dict[str, torch.Tensor], parts: list[str], source: Path, base: str
+    model: PromptLearnerMixin, tensors: dict[str, torch.Tensor], parts: list[str], source: Path, base: str
 ) -> None:
     """Raise `ValueError` unless `tensors` are exactly the state of `parts` in `model`, with matching shapes."""
     absent = [part for part in parts if getattr(model, part) is None]
@@ -272,7 +275,7 @@ def _check_tensors_fit(
 
 def _load_peft_adapter(
     directory: Path, base_model_name_or_path: str | None, from_pretrained_kwargs: dict[str, Any]
-) -> SamPromptLearnerModel:
+) -> PromptLearnerMixin:
     """The base with a peft adapter merged in; only `adapter_model.safetensors` is read (peft would otherwise fall
     back to unpickling `adapter_model.bin`)."""
     from peft import PeftModel
@@ -280,7 +283,7 @@ def _load_peft_adapter(
     if not (directory / PEFT_ADAPTER_WEIGHTS_NAME).is_file():
         raise ValueError(f"{directory} has {PEFT_ADAPTER_CONFIG_NAME} but no {PEFT_ADAPTER_WEIGHTS_NAME}.")
     base = base_model_name_or_path or trained_parts_base(directory)
-    model = SamPromptLearnerModel.from_pretrained(base, **{**from_pretrained_kwargs, "use_safetensors": True})
+    model = load_prompt_learner_model(base, **{**from_pretrained_kwargs, "use_safetensors": True})
     merged = PeftModel.from_pretrained(model, str(directory)).merge_and_unload()
     merged.set_default_trainable()  # peft froze every base parameter
     return merged.eval()

@@ -31,7 +31,7 @@ from .data import (
 from .data.formats import AnnotationSpec, to_rgb
 from .inference import predict_mask
 from .lora import LORA_TARGETS, sam_lora_config
-from .modeling_prompt_learner import TRAINABLE_PARTS, SamPromptLearnerModel
+from .modeling_prompt_learner import TRAINABLE_PARTS, load_prompt_learner_model
 from .processing import load_processor
 from .visualization import PredictionExample
 
@@ -108,10 +108,10 @@ def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
 def load_model_and_processor(
     model_name_or_path: str, plan: TrainablePlan, *, lora_rank: int = 8, **config_overrides: Any
 ) -> tuple[Any, SamProcessor]:
-    """Load any SAM checkpoint into `SamPromptLearnerModel`, make exactly the planned parts trainable (wrapping it
-    with peft LoRA when planned), and return it with a processor that matches its geometry (the checkpoint's own when
-    it ships one, else `processor_for_config`)."""
-    model = SamPromptLearnerModel.from_pretrained(model_name_or_path, **config_overrides)
+    """Load any SAM, SAM-HQ or SAM 2 checkpoint into its family's prompt-learner class, make exactly the planned parts
+    trainable (wrapping it with peft LoRA when planned), and return it with a processor that matches its geometry (the
+    checkpoint's own when it ships one, else `processor_for_config`)."""
+    model = load_prompt_learner_model(model_name_or_path, **config_overrides)
     processor = load_processor(model_name_or_path, model.config)
     present = [part for part in plan.parts if getattr(model, part) is not None]
     if plan.uses_lora:
@@ -280,7 +280,7 @@ class RunSummary:
 
 def save_adapted_model(accelerator: Accelerator, model, processor: SamProcessor, directory: Path) -> None:
     """`save_pretrained` the trained model with its processor, from every process (only the main one writes). A peft
-    model is saved twice: its adapter under `directory/adapter`, and merged into a plain `SamPromptLearnerModel`
+    model is saved twice: its adapter under `directory/adapter`, and merged into a plain prompt-learner model
     (a copy: the training model keeps its adapters) so that `from_pretrained` alone loads the result."""
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)

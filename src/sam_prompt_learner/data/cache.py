@@ -16,6 +16,10 @@ truncated, altered or unrecorded file is rebuilt, with a warning. A build runs i
 (`.building-*`) and moves its file into place when done, so a build killed midway leaves no half-written cache file,
 and the next build removes the directory it left (with `datasets`' temporary files, gigabytes at ViT-B size).
 
+The cache stores what the model's mask decoder reads from the image (`image_features.image_feature_shapes`): SAM's
+image embedding; for SAM-HQ also the ViT features its HQ branch reads; for SAM 2 also the two high-resolution feature
+maps its decoder upsamples with. A step from the cache therefore computes exactly what a step from pixels computes.
+
 A cache holds the encoder's output at the time it was built: it is only valid while the vision encoder stays frozen.
 Training the encoder (LoRA on its attention, for example) or augmenting images needs the pixel path instead.
 """
@@ -38,6 +42,12 @@ from PIL import Image
 from torch import nn
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ..image_features import (
+    IMAGE_EMBEDDINGS_COLUMN,
+    encode_image_features,
+    image_encoding_tensors,
+    image_feature_shapes,
+)
 from ..run_lock import DirectoryInUseError, lock_directory
 from .formats import upright
 
@@ -47,14 +57,14 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
-IMAGE_EMBEDDINGS_COLUMN = "image_embeddings"
 ORIGINAL_SIZES_COLUMN = "original_sizes"
 RESHAPED_INPUT_SIZES_COLUMN = "reshaped_input_sizes"
+# The columns of a SAM cache; SAM-HQ and SAM 2 caches hold more image features (`image_feature_shapes`).
 EMBEDDING_CACHE_COLUMNS = (IMAGE_EMBEDDINGS_COLUMN, ORIGINAL_SIZES_COLUMN, RESHAPED_INPUT_SIZES_COLUMN)
 
 # Bump when the cached columns or the way they are computed change, so that files written by an older version of this
-# module are not read back as if they were current.
-_CACHE_FORMAT_VERSION = 1
+# module are not read back as if they were current. 2: the per-family image-feature columns.
+_CACHE_FORMAT_VERSION = 2
 
 # A build in progress (or killed) writes in `.building-<cache file>-<pid>/` next to the cache file.
 _BUILD_DIR_PREFIX = ".building-"
@@ -97,8 +107,13 @@ def vision_encoder_digest(vision_encoder: nn.Module) -> str:
     Returns:
         `str`: the 64-character hexadecimal digest.
     """
+    return tensors_digest(vision_encoder.state_dict())
+
+
+def tensors_digest(named_tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 digest of the name, dtype, shape and bytes of every tensor (see [`vision_encoder_digest`])."""
     digest = hashlib.sha256()
-    for name, tensor in vision_encoder.state_dict().items():
+    for name, tensor in named_tensors.items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
         # Viewing the flattened tensor as bytes works for every dtype, bfloat16 included, which numpy cannot represent.
         digest.update(tensor.detach().reshape(-1).view(torch.uint8).cpu().numpy())
@@ -151,6 +166,9 @@ def embedding_cache_fingerprint(
         "image_column": image_column,
         "vision_config": vision_config,
         "vision_encoder_weights": vision_encoder_digest(model.vision_encoder),
+        # SAM 2's features also pass through two decoder projections and a learned embedding.
+        "image_encoding_weights": tensors_digest(image_encoding_tensors(model)),
+        "image_feature_shapes": image_feature_shapes(model.config),
         "image_processor": processor_settings,
         "storage_dtype": _storage_dtype_name(dtype),
     }
@@ -192,7 +210,7 @@ def build_embedding_cache(
             Dataset with an image column of feature type `datasets.Image`. A dataset that changes by row selection
             (`select`, `shuffle`, `filter`) has its indices mapping flattened by `datasets` when the columns are joined,
             i.e. it is rewritten once; shuffle in the `DataLoader` instead to avoid that.
-        model (`SamModel`, a subclass such as `SamPromptLearnerModel`, or a `PeftModel` wrapping one):
+        model (`SamModel`, `SamHQModel`, `Sam2Model`, a prompt-learner subclass, or a `PeftModel` wrapping one):
             Model whose frozen vision encoder computes the embeddings (through `get_image_embeddings`). Its training
             mode is restored on return.
         image_processor (`BaseImageProcessor`):
@@ -217,12 +235,14 @@ def build_embedding_cache(
             (`datasets.is_caching_enabled()`); `False` recomputes the embeddings in every process.
 
     Returns:
-        `datasets.Dataset`: the input dataset with three more columns, formatted with `with_format("torch",
-        columns=EMBEDDING_CACHE_COLUMNS, output_all_columns=True)` (the other columns keep their Python format, e.g.
+        `datasets.Dataset`: the input dataset with more columns, formatted with `with_format("torch",
+        columns=<the new columns>, output_all_columns=True)` (the other columns keep their Python format, e.g.
         PIL images):
         - `"image_embeddings"`: feature `Array3D(shape=(C, E, E), dtype="float32" | "float16")`, read as a float32
           `torch.Tensor` of shape `(C, E, E)` per row (`datasets`' torch format returns float32 for every floating
           column), with `C = vision_config.output_channels` and `E = image_size // patch_size`;
+        - for SAM-HQ and SAM 2, the further feature columns of `image_feature_shapes(model.config)`, stored alike
+          (`intermediate_embeddings`; `high_resolution_features_s0` and `_s1`);
         - `"original_sizes"`: `List(Value("int64"), length=2)`, the image's `(height, width)` before preprocessing;
         - `"reshaped_input_sizes"`: `List(Value("int64"), length=2)`, its `(height, width)` after resizing and before
           padding, i.e. the valid region of the padded `(image_size, image_size)` input frame.
@@ -239,7 +259,9 @@ def build_embedding_cache(
             f"The image column {image_column!r} must have the feature type `datasets.Image`, got {image_feature!r}; "
             f"available columns: {dataset.column_names}."
         )
-    existing_output_columns = [column for column in EMBEDDING_CACHE_COLUMNS if column in dataset.column_names]
+    feature_shapes = image_feature_shapes(model.config)  # {column: shape per image}
+    cache_columns = [*feature_shapes, ORIGINAL_SIZES_COLUMN, RESHAPED_INPUT_SIZES_COLUMN]
+    existing_output_columns = [column for column in cache_columns if column in dataset.column_names]
     if existing_output_columns:
         raise ValueError(f"The dataset already has the column(s) {existing_output_columns} that the cache adds.")
     if cache_dir is None:
@@ -255,13 +277,12 @@ def build_embedding_cache(
 
     if accelerator is not None:
         model.to(accelerator.device)
-    vision_config = model.config.vision_config
-    embedding_size = vision_config.image_size // vision_config.patch_size
     cache_features = datasets.Features(
         {
-            IMAGE_EMBEDDINGS_COLUMN: datasets.Array3D(
-                shape=(vision_config.output_channels, embedding_size, embedding_size), dtype=storage_dtype_name
-            ),
+            **{
+                column: datasets.Array3D(shape=shape, dtype=storage_dtype_name)
+                for column, shape in feature_shapes.items()
+            },
             ORIGINAL_SIZES_COLUMN: datasets.List(datasets.Value("int64"), length=2),
             RESHAPED_INPUT_SIZES_COLUMN: datasets.List(datasets.Value("int64"), length=2),
         }
@@ -283,10 +304,11 @@ def build_embedding_cache(
             reshaped_input_sizes.append(inputs["reshaped_input_sizes"])  # (1, 2)
         pixel_values = torch.cat(pixel_values).to(vision_parameter.device, vision_parameter.dtype)  # (B, 3, S, S)
         with torch.inference_mode():
-            image_embeddings = model.get_image_embeddings(pixel_values).to(dtype)  # (B, C, E, E)
+            features = encode_image_features(model, pixel_values)  # {column: (B, ...)}
+        stored = {column: feature.to(dtype) for column, feature in features.items()}
         # Checked once here, in the storage dtype (float16 overflows to inf above 65504): the checksum written with the
         # finished file then proves every later reuse finite too.
-        finite = torch.isfinite(image_embeddings).flatten(1).all(1)
+        finite = torch.stack([feature.flatten(1).isfinite().all(1) for feature in stored.values()]).all(0)  # (B,)
         if not finite.all():
             row = indices[int((~finite).nonzero()[0])]
             raise ValueError(
@@ -294,7 +316,7 @@ def build_embedding_cache(
                 "--cache_dtype float16, float32 avoids an overflow."
             )
         return {
-            IMAGE_EMBEDDINGS_COLUMN: image_embeddings.cpu().numpy(),
+            **{column: feature.cpu().numpy() for column, feature in stored.items()},
             ORIGINAL_SIZES_COLUMN: torch.cat(original_sizes).numpy(),  # (B, 2)
             RESHAPED_INPUT_SIZES_COLUMN: torch.cat(reshaped_input_sizes).numpy(),  # (B, 2)
         }
@@ -332,7 +354,7 @@ def build_embedding_cache(
         model.train(was_training)
 
     cached_dataset = datasets.concatenate_datasets([dataset, embeddings], axis=1)
-    return cached_dataset.with_format("torch", columns=list(EMBEDDING_CACHE_COLUMNS), output_all_columns=True)
+    return cached_dataset.with_format("torch", columns=cache_columns, output_all_columns=True)
 
 
 def _checksum_file(cache_file: Path) -> Path:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from transformers import SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
+from ..image_features import IMAGE_EMBEDDINGS_COLUMN, IMAGE_FEATURE_COLUMNS, image_feature_inputs
 from ..modeling_prompt_learner import POINT_PAD_LABEL
 from .masks import decode_rle
 from .prompts import PromptConfig, prompt_rng, sample_object_prompts, training_batch_rng
@@ -82,12 +83,14 @@ class SamPromptCollator:
         seed (`int`, *optional*, defaults to 0):
             Seed of the training randomness (the run's seed; evaluation prompts use `prompt_config.seed`).
         use_image_embeddings (`bool`, *optional*):
-            Batch the rows' `image_embeddings` (`True`) or process their `image` into `pixel_values` (`False`); by
-            default, embeddings when the rows have them.
+            Batch the rows' cached image features (`True`: `image_embeddings` and, for SAM-HQ and SAM 2, the further
+            columns of `image_features.image_feature_shapes`) or process their `image` into `pixel_values`
+            (`False`); by default, cached features when the rows have them.
 
     Returns (from `__call__`), a `dict` with:
-        - `pixel_values` (`torch.FloatTensor` of shape `(B, 3, S, S)`) or `image_embeddings` (`(B, C, E, E)`,
-          float32);
+        - `pixel_values` (`torch.FloatTensor` of shape `(B, 3, S, S)`) or the cached features as the model takes
+          them (`image_feature_inputs`): `image_embeddings` (`(B, C, E, E)` float32; for SAM 2 the list
+          `[s0, s1, image_embeddings]`), and for SAM-HQ `intermediate_embeddings` (`[(B, E, E, D)]`);
         - `input_points` (`(B, P, N, 2)` float32) and `input_labels` (`(B, P, N)` int64: 1 positive, 0 negative,
           -10 padding, with coordinates 0), in modes with points;
         - `input_boxes` (`(B, P, 4)` float32 `x_min, y_min, x_max, y_max`; zeros for padding prompts), in modes with
@@ -146,7 +149,7 @@ class SamPromptCollator:
             rng, mode = None, self.evaluation_mode
         use_embeddings = self.use_image_embeddings
         if use_embeddings is None:
-            use_embeddings = "image_embeddings" in rows[0]
+            use_embeddings = IMAGE_EMBEDDINGS_COLUMN in rows[0]
 
         sample_ids, original_sizes, reshaped_sizes, per_image = [], [], [], []
         for row in rows:
@@ -156,7 +159,7 @@ class SamPromptCollator:
             object_indices = self._choose_objects(len(row["masks"]), rng)
             masks = np.stack([decode_rle(row["masks"][index]) for index in object_indices])  # (p, H, W)
             original_size = masks.shape[1:]
-            input_key = "image_embeddings" if use_embeddings else "image"
+            input_key = IMAGE_EMBEDDINGS_COLUMN if use_embeddings else "image"
             if row.get(input_key) is None:
                 raise ValueError(f"Sample {sample_id!r} has no {input_key!r}.")
             if not use_embeddings and (row["image"].height, row["image"].width) != original_size:
@@ -212,7 +215,11 @@ class SamPromptCollator:
 
         batch: dict[str, Any] = {}
         if use_embeddings:
-            batch["image_embeddings"] = torch.stack([torch.as_tensor(row["image_embeddings"]).float() for row in rows])
+            columns = [column for column in IMAGE_FEATURE_COLUMNS if column in rows[0]]
+            features = {
+                column: torch.stack([torch.as_tensor(row[column]).float() for row in rows]) for column in columns
+            }
+            batch.update(image_feature_inputs(features))
         else:
             batch["pixel_values"] = self.image_processor([row["image"] for row in rows], return_tensors="pt")[
                 "pixel_values"
