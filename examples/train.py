@@ -12,9 +12,13 @@ The recipe:
 2. load the checkpoint into its family's prompt-learner model (`SamPromptLearnerModel`, `SamHQPromptLearnerModel`,
    `Sam2PromptLearnerModel`, read from its config) and choose what trains (`--trainable`);
 3. with the image encoder frozen, compute its embeddings once into a cache (`--cache_embeddings`, the default);
-4. score the untrained model (= zero-shot SAM: the prompt learner starts as the identity) on the eval split;
+4. score the untrained model (= zero-shot SAM: the prompt learner starts as the identity) on the eval split: this is
+   step 0 of the learning curve;
 5. train with simulated prompts, evaluating every `--eval_steps`, checkpointing every `--checkpointing_steps`;
-6. write the adapted model, its processor, `metrics.json` (zero-shot vs adapted) and `predictions.png`.
+6. deliver the best evaluation, step 0 included (`--load_best_model_at_end`), so the model is never worse on the eval
+   split than the base it started from; score it on the test split too, when there is one;
+7. write the adapted model, its processor, `metrics.json` (zero-shot vs adapted, which step and why) and
+   `predictions.png`.
 """
 
 import argparse
@@ -50,13 +54,16 @@ from sam_prompt_learner.run_lock import LOCK_NAME, DirectoryInUseError, clear_ou
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
     TRAINABLE_CHOICES,
+    BestWeights,
     RunSummary,
+    delivery_decision,
     detection_options,
     evaluation_collator,
     grid_examples,
     hold_out_validation,
     load_model_and_processor,
     non_finite_loss,
+    parameter_groups,
     parse_config_overrides,
     plan_trainable,
     predict_grid_masks,
@@ -101,6 +108,12 @@ def parse_args(argv=None):
         help="A dataset without a 'validation' split gets one held out of the train split (see below).",
     )
     data.add_argument(
+        "--test_split",
+        default="test",
+        help="Also score the zero-shot and the delivered model on this split when the dataset has it (it never "
+        "chooses anything; 'none': skip).",
+    )
+    data.add_argument(
         "--validation_split_percentage",
         type=float,
         default=10,
@@ -138,7 +151,14 @@ def parse_args(argv=None):
     train = parser.add_argument_group("training")
     train.add_argument("--per_device_train_batch_size", type=int, default=4)
     train.add_argument("--per_device_eval_batch_size", type=int, default=8)
-    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="One learning rate for every trained part. Default: by part, since new modules need larger steps "
+        "than SAM's pretrained weights: prompt_learner and point_matching_head 3e-3, mask_decoder 1e-3, LoRA "
+        "1e-3, prompt_encoder 1e-4, vision_encoder 1e-5.",
+    )
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--num_train_epochs", type=int, default=10)
     train.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
@@ -154,6 +174,14 @@ def parse_args(argv=None):
     )
     run.add_argument("--overwrite_output_dir", action="store_true")
     run.add_argument("--eval_steps", type=int, default=None, help="Evaluate every N steps (default: each epoch).")
+    run.add_argument(
+        "--load_best_model_at_end",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Deliver the evaluation with the best eval-split mIoU, the zero-shot model (step 0) included, so the "
+        "delivered model is never worse there than the base (--no-load_best_model_at_end: the last step, and "
+        "best_model/ holds the best).",
+    )
     run.add_argument("--checkpointing_steps", type=int, default=None, help="Save a resumable state every N steps.")
     run.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint directory, or 'latest'.")
     run.add_argument("--with_tracking", action="store_true")
@@ -186,7 +214,7 @@ def parse_args(argv=None):
     for name in ("max_train_steps", "eval_steps", "checkpointing_steps", "max_train_samples", "max_eval_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if args.learning_rate <= 0:
+    if args.learning_rate is not None and args.learning_rate <= 0:
         parser.error("--learning_rate must be > 0")
     if not 0 <= args.validation_split_percentage < 100:
         parser.error("--validation_split_percentage must be in [0, 100)")
@@ -249,7 +277,7 @@ def main(argv=None):
     # 1-2. Model and data; a wrong path, id, column or split stops here, before any heavy work.
     try:
         model, processor = load_model(args)
-        train_dataset, train_report, eval_dataset, eval_report = load_data(args, accelerator)
+        train_dataset, train_report, eval_dataset, eval_report, test_dataset = load_data(args, accelerator)
     except (OSError, ValueError) as error:  # ConnectionError and FileNotFoundError are OSErrors
         raise SystemExit(f"train.py: error: {error}") from None
     logger.info(f"train split: {train_report.summary()}", main_process_only=True)
@@ -264,6 +292,8 @@ def main(argv=None):
         cache = dict(dtype=getattr(torch, args.cache_dtype), accelerator=accelerator, cache_dir=args.cache_dir)
         train_dataset = build_embedding_cache(train_dataset, model, processor.image_processor, **cache)
         eval_dataset = build_embedding_cache(eval_dataset, model, processor.image_processor, **cache)
+        if test_dataset is not None:
+            test_dataset = build_embedding_cache(test_dataset, model, processor.image_processor, **cache)
 
     train_collator = SamPromptCollator(
         processor, args.train_prompts, max_objects_per_image=args.max_objects_per_image, seed=args.seed
@@ -277,15 +307,16 @@ def main(argv=None):
         batch_size=args.per_device_train_batch_size,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    eval_dataloader = DataLoader(
-        eval_dataset,
-        collate_fn=evaluation_collator(processor, args.eval_prompts),
-        batch_size=args.per_device_eval_batch_size,
-    )
+    eval_collator = evaluation_collator(processor, args.eval_prompts)
+    eval_dataloader = DataLoader(eval_dataset, collate_fn=eval_collator, batch_size=args.per_device_eval_batch_size)
+    test_dataloader = None
+    if test_dataset is not None:
+        test_dataloader = DataLoader(test_dataset, collate_fn=eval_collator, batch_size=args.per_device_eval_batch_size)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
-    )
+    groups = parameter_groups(model, args.learning_rate, args.weight_decay)
+    learning_rates = {group["name"]: group["lr"] for group in groups}
+    logger.info(f"learning rates: {learning_rates}", main_process_only=True)
+    optimizer = torch.optim.AdamW(groups)
     steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
@@ -295,6 +326,8 @@ def main(argv=None):
     model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
     )
+    if test_dataloader is not None:
+        test_dataloader = accelerator.prepare(test_dataloader)
     if args.with_tracking:
         accelerator.init_trackers("sam_prompt_learner", {k: str(v) for k, v in vars(args).items()})
 
@@ -303,8 +336,13 @@ def main(argv=None):
     grid = grid_examples(eval_dataset, args.eval_prompts, args.num_grid_examples)
     zero_shot_masks = predict_grid_masks(accelerator.unwrap_model(model), processor, grid)
     logger.info(f"zero-shot: {zero_shot}", main_process_only=True)
+    zero_shot_test = None
+    if test_dataloader is not None:
+        zero_shot_test = evaluate_model(model, test_dataloader, accelerator, selections=("predicted_iou", "oracle"))
 
     state = TrainingState()
+    best_weights = BestWeights()  # part of every checkpoint, so that a resumed run still delivers its best
+    accelerator.register_for_checkpointing(best_weights)
     if args.resume_from_checkpoint:
         try:
             checkpoint, state = resume(accelerator, args.output_dir, args.resume_from_checkpoint)
@@ -312,6 +350,10 @@ def main(argv=None):
             raise SystemExit(f"train.py: error: {error}") from None
         if checkpoint is not None:
             logger.info(f"resumed from {checkpoint} at step {state.completed_steps}", main_process_only=True)
+    if state.completed_steps == 0:  # the zero-shot model is the first candidate for delivery
+        state.history.append({"step": 0, **zero_shot["predicted_iou"]})
+        state.best_metric, state.best_step = zero_shot["predicted_iou"]["mean_iou"], 0
+        best_weights.capture(accelerator.unwrap_model(model))
 
     # 5. Training.
     progress = tqdm(
@@ -361,9 +403,9 @@ def main(argv=None):
                 logger.info(f"step {state.completed_steps}: {scores}", main_process_only=True)
                 if args.with_tracking:
                     accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=state.completed_steps)
-                if state.best_metric is None or scores["mean_iou"] > state.best_metric:
+                if scores["mean_iou"] > state.best_metric:
                     state.best_metric, state.best_step = scores["mean_iou"], state.completed_steps
-                    save_adapted_model(accelerator, model, processor, args.output_dir / "best_model")
+                    best_weights.capture(accelerator.unwrap_model(model))
             if args.checkpointing_steps and state.completed_steps % args.checkpointing_steps == 0 and not done:
                 state.epoch, state.batches_done_in_epoch = epoch, batch_index + 1
                 state.elapsed_seconds = time.perf_counter() - started
@@ -376,14 +418,27 @@ def main(argv=None):
     train_time = time.perf_counter() - started
     progress.close()
 
-    # 6. Outputs: the adapted model, metrics, and a grid of predictions to look at.
+    # 6. The delivered model: the best evaluation, the zero-shot model included (or the last step), on both splits.
+    delivered = delivery_decision(state.history, state.best_step, args.load_best_model_at_end)
+    if delivered["step"] != state.completed_steps:
+        best_weights.restore(accelerator.unwrap_model(model))
+    logger.info(f"delivered step {delivered['step']}: {delivered['reason']}", main_process_only=True)
     adapted = evaluate_model(model, eval_dataloader, accelerator, selections=("predicted_iou", "oracle"))
+    test = None
+    if test_dataloader is not None:
+        delivered_test = evaluate_model(model, test_dataloader, accelerator, selections=("predicted_iou", "oracle"))
+        test = {"split": args.test_split, "zero_shot": zero_shot_test, "adapted": delivered_test}
+
+    # 7. Outputs: the adapted model, metrics, and a grid of predictions to look at.
     adapted_masks = predict_grid_masks(accelerator.unwrap_model(model), processor, grid)
     save_adapted_model(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process and not args.plan.uses_lora and set(args.plan.parts) <= set(SAVABLE_PARTS):
         # The small checkpoint: only what was trained, loadable over the base with `load_trained_parts`.
         save_trained_parts(accelerator.unwrap_model(model), args.output_dir / "trained_parts", args.plan.parts,
                            base_model_name_or_path=args.model_name_or_path)  # fmt: skip
+    if delivered["step"] != state.best_step:  # the last step was delivered: best_model/ keeps the best
+        best_weights.restore(accelerator.unwrap_model(model))
+        save_adapted_model(accelerator, model, processor, args.output_dir / "best_model")
     if accelerator.is_main_process:
         summary = RunSummary(
             base_model=args.model_name_or_path,
@@ -396,10 +451,13 @@ def main(argv=None):
             eval_wall_time_seconds=round(state.eval_seconds, 2),
             zero_shot=zero_shot,
             adapted={**adapted, "best_step": state.best_step, "history": state.history},
+            delivered=delivered,
+            test=test,
             skipped_data={"train": train_report.to_dict(), "eval": eval_report.to_dict()},
             settings={
                 "eval_split": args.eval_split,
-                "learning_rate": args.learning_rate,
+                "learning_rate": learning_rates,
+                "load_best_model_at_end": args.load_best_model_at_end,
                 "per_device_train_batch_size": args.per_device_train_batch_size,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
                 "max_train_steps": max_train_steps,
@@ -419,10 +477,15 @@ def main(argv=None):
         for example, before, after in zip(grid, zero_shot_masks, adapted_masks, strict=True):
             example.predictions = {"zero-shot": before, "adapted": after}
         grid_path = save_prediction_grid(args.output_dir / "predictions.png", grid)
-        before, after = zero_shot["predicted_iou"], adapted["predicted_iou"]
-        print(f"\n{'':12}{'mIoU':>8}{'Dice':>8}{'bIoU':>8}")
-        for name, scores in (("zero-shot", before), ("adapted", after)):
-            print(f"{name:12}{scores['mean_iou']:8.3f}{scores['mean_dice']:8.3f}{scores['mean_boundary_iou']:8.3f}")
+        rows = [(f"zero-shot ({args.eval_split})", zero_shot), (f"adapted ({args.eval_split})", adapted)]
+        if test is not None:
+            rows += [(f"zero-shot ({args.test_split})", zero_shot_test)]
+            rows += [(f"adapted ({args.test_split})", test["adapted"])]
+        print(f"\n{'':24}{'mIoU':>8}{'Dice':>8}{'bIoU':>8}")
+        for name, scores in rows:
+            scores = scores["predicted_iou"]
+            print(f"{name:24}{scores['mean_iou']:8.3f}{scores['mean_dice']:8.3f}{scores['mean_boundary_iou']:8.3f}")
+        print(f"\ndelivered step {delivered['step']} of {state.completed_steps}: {delivered['reason']}")
         print(
             f"\nadapted model: {args.output_dir}\nmetrics: {args.output_dir / 'metrics.json'}\npredictions: {grid_path}"
         )
@@ -447,7 +510,8 @@ def load_model(args):
 
 
 def load_data(args, accelerator):
-    """The train and eval splits, normalized, with every skipped image or object counted."""
+    """The train and eval splits, normalized, with every skipped image or object counted, and the test split when
+    the dataset has one (`None` otherwise)."""
     synthetic_options = None
     if args.dataset_name in SYNTHETIC_TASKS:
         synthetic_options = {"num_train": args.synthetic_num_train, "seed": 0}
@@ -456,10 +520,14 @@ def load_data(args, accelerator):
     if held_out:
         logger.info(held_out, main_process_only=True)
     detect = detection_options(args)
+    test_dataset = None
     with accelerator.main_process_first():
         train_dataset, train_report = prepare_split(raw, args.train_split, max_samples=args.max_train_samples, **detect)
         eval_dataset, eval_report = prepare_split(raw, args.eval_split, max_samples=args.max_eval_samples, **detect)
-    return train_dataset, train_report, eval_dataset, eval_report
+        if args.test_split in raw and args.test_split not in (args.train_split, args.eval_split):
+            test_dataset, test_report = prepare_split(raw, args.test_split, max_samples=args.max_eval_samples, **detect)
+            logger.info(f"test split: {test_report.summary()}", main_process_only=True)
+    return train_dataset, train_report, eval_dataset, eval_report, test_dataset
 
 
 if __name__ == "__main__":

@@ -64,6 +64,12 @@ def run_summary(**overrides) -> RunSummary:
         },
         skipped_data={"train": {"num_rows": 32, "skipped": {}}, "eval": {"num_rows": 16, "skipped": {}}},
         settings={"seed": 0, "num_processes": 1, "eval_prompts": "points", "mixed_precision": "no"},
+        delivered={"step": 200, "reason": "step 200 had the best eval-split mIoU"},
+        test={
+            "split": "test",
+            "zero_shot": {"predicted_iou": scores(0.40111, 0.5, 0.2), "oracle": scores(0.6, 0.7, 0.3)},
+            "adapted": {"predicted_iou": scores(0.79222, 0.88, 0.6), "oracle": scores(0.84, 0.9, 0.64)},
+        },
     )
     return RunSummary(**(fields | overrides))
 
@@ -210,10 +216,13 @@ def test_card_body_has_method_configuration_table_and_usage(output_dir, hub):
     assert "https://arxiv.org/abs/2403.09199" in text
     assert "| trainable parameters | 31,024 of 146,310 (21.20%) |" in text
     assert "| trained parts | prompt_learner, point_matching_head |" in text
-    assert "| optimizer steps | 300 (best evaluation at step 200) |" in text
+    assert "| optimizer steps | 300 |" in text
+    assert "| delivered weights | step 200: step 200 had the best eval-split mIoU |" in text
     assert "| eval_prompts | points |" in text
     assert "| zero-shot | 0.412 | 0.523 | 0.215 | 0.616 |" in text
     assert "| adapted | 0.812 | 0.893 | 0.615 | 0.856 |" in text
+    # The test split, which chose nothing, is reported beside the eval split that chose the delivered step.
+    assert "| zero-shot (test) | 0.401 |" in text and "| adapted (test) | 0.792 |" in text
     assert "pip install sam-prompt-learner" in text
     assert f'SamPromptLearnerModel.from_pretrained("{REPO_ID}")' in text
     assert f'pipeline("mask-generation", model="{REPO_ID}")' in text

@@ -292,3 +292,45 @@ def test_absorbed_cross_attention_is_chosen_for_few_prompt_tokens_at_sam_size():
     attention = SamAttention(SamMaskDecoderConfig(hidden_size=256, num_attention_heads=8, attention_downsample_rate=2))
     assert absorbed_attention_is_cheaper(attention, num_queries=2, num_keys=64 * 64)  # one box at inference
     assert not absorbed_attention_is_cheaper(attention, num_queries=8 * 4, num_keys=64 * 64)  # a training batch
+
+
+PLM_OPTIONS = {
+    "pre_norm": dict(prompt_learner_norm_first=True),
+    "gate": dict(prompt_learner_gate=True),
+    "task_tokens": dict(prompt_learner_num_task_tokens=4),
+    "dense": dict(prompt_learner_update_dense=True),
+    "depth_2": dict(prompt_learner_depth=2),
+    "mask_score_offsets": dict(prompt_learner_mask_score_offsets=True),
+}
+
+
+@pytest.mark.parametrize("option", list(PLM_OPTIONS))
+def test_every_prompt_learner_option_is_sam_at_initialisation_and_trains(sam, sam_checkpoint, option):
+    model = SamPromptLearnerModel.from_pretrained(sam_checkpoint, **PLM_OPTIONS[option])
+    inputs = prompt_inputs("both")
+    embeddings = torch.randn(EMBED_SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = sam(image_embeddings=embeddings, **inputs)
+        untrained = model.eval()(image_embeddings=embeddings, **inputs)
+    # The update is exactly zero, so the decoder reads SAM's own prompt (and dense) embeddings: bit-identical outputs.
+    assert torch.equal(untrained.pred_masks, expected.pred_masks)
+    assert torch.equal(untrained.iou_scores, expected.iou_scores)
+
+    model.train().set_trainable(["prompt_learner"])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    labels = disk_labels()
+    losses = []
+    for _ in range(8):
+        loss = model(image_embeddings=embeddings, **inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    # Every parameter of the option took part (a dead branch would keep its initial value).
+    initial = SamPromptLearnerModel.from_pretrained(sam_checkpoint, **PLM_OPTIONS[option]).prompt_learner
+    for name, parameter in model.prompt_learner.named_parameters():
+        assert not torch.equal(parameter, initial.get_parameter(name)), name
+    with torch.no_grad():
+        trained = model.eval()(image_embeddings=embeddings, **inputs)
+    assert not torch.allclose(trained.pred_masks, expected.pred_masks)

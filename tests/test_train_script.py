@@ -62,7 +62,18 @@ def test_training_beats_zero_shot_and_writes_loadable_outputs(base_sam, cache_di
     zero_shot, adapted = metrics["zero_shot"]["predicted_iou"], metrics["adapted"]["predicted_iou"]
     assert adapted["mean_iou"] > zero_shot["mean_iou"] + 0.2, (zero_shot, adapted)
     assert adapted["num_objects"] == zero_shot["num_objects"] == 16
-    assert metrics["completed_steps"] == 300 and len(metrics["adapted"]["history"]) == 3
+    history = metrics["adapted"]["history"]
+    assert metrics["completed_steps"] == 300 and [point["step"] for point in history] == [0, 100, 200, 300]
+    # The delivered model is the best evaluation (step 0, the zero-shot model, included), and it scores as it did.
+    best = max(history, key=lambda point: point["mean_iou"])
+    assert metrics["delivered"]["step"] == best["step"] == metrics["adapted"]["best_step"]
+    assert adapted["mean_iou"] == pytest.approx(best["mean_iou"], abs=1e-6)
+    assert history[0]["mean_iou"] == pytest.approx(zero_shot["mean_iou"], abs=1e-6)
+    # plates has a test split: both models are scored there too, on other images than the eval split's.
+    test = metrics["test"]
+    assert test["split"] == "test" and test["adapted"]["predicted_iou"]["num_objects"] > 0
+    assert test["zero_shot"]["predicted_iou"]["mean_iou"] != zero_shot["mean_iou"]
+    assert "test" in result.stdout and "delivered step" in result.stdout
     assert metrics["trainable_parameters"] < metrics["total_parameters"]
     assert metrics["skipped_data"]["train"]["kept_images"] == 32
 
@@ -72,7 +83,7 @@ def test_training_beats_zero_shot_and_writes_loadable_outputs(base_sam, cache_di
     small = load_trained_parts(output_dir / "trained_parts")
     assert all((small.state_dict()[k] == v).all() for k, v in model.state_dict().items())
     assert type(AutoProcessor.from_pretrained(output_dir).image_processor) is SamPromptLearnerImageProcessor
-    assert SamPromptLearnerModel.from_pretrained(output_dir / "best_model") is not None
+    assert not (output_dir / "best_model").exists()  # the delivered model is the best one
     with Image.open(output_dir / "predictions.png") as grid:
         assert grid.format == "PNG" and grid.width > 0
     # The frozen encoder did not move.
@@ -131,7 +142,8 @@ def test_lora_run_saves_a_merged_model_and_the_adapter_and_a_failed_push_keeps_t
     output_dir = tmp_path / "lora"
     result = run(
         train_args(base_sam, cache_dir, output_dir, "--trainable", "lora", "--max_train_steps", "20",
-                   "--learning_rate", "1e-2", "--push_to_hub", "--hub_model_id", "someone/sam-plates"),
+                   "--learning_rate", "1e-2", "--push_to_hub", "--hub_model_id", "someone/sam-plates",
+                       "--no-load_best_model_at_end"),  # the trained adapter, even if step 0 scored higher
         check=False,
     )  # fmt: skip
     # Offline, the push fails at the very end: clearly, with the retry command, and the run's outputs are intact.
@@ -204,7 +216,7 @@ def test_a_resumed_run_keeps_the_evaluations_before_the_resume_point(base_sam, c
     (output_dir / "metrics.json").unlink()
     run(train_args(base_sam, cache_dir, output_dir, *common, "--resume_from_checkpoint", "latest"))
     resumed = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
-    assert [entry["step"] for entry in resumed] == [5, 10, 15, 20]
+    assert [entry["step"] for entry in resumed] == [0, 5, 10, 15, 20]
     assert resumed == uninterrupted
 
 
@@ -228,3 +240,30 @@ def test_a_second_run_on_a_busy_output_dir_is_refused_and_deletes_nothing(base_s
     assert result.returncode != 0
     assert f"is in use by another process (pid {os.getpid()} on" in result.stderr
     assert (output_dir / "model.safetensors").read_bytes() == b"weights of the run in progress"
+
+
+def test_a_run_whose_training_only_hurts_delivers_the_zero_shot_model(base_sam, cache_dir, tmp_path):
+    # Steps this large wreck the mask decoder (the loss stays finite: gradients are clipped), so every evaluation
+    # after step 0 is worse than zero-shot.
+    common = ["--trainable", "mask_decoder", "--learning_rate", "0.5", "--max_train_steps", "20", "--eval_steps", "10"]
+    run(train_args(base_sam, cache_dir, tmp_path / "best", *common))
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    history = metrics["adapted"]["history"]
+    assert max(point["mean_iou"] for point in history[1:]) < history[0]["mean_iou"], history
+    assert metrics["delivered"]["step"] == 0 and "zero-shot" in metrics["delivered"]["reason"]
+    assert metrics["adapted"]["predicted_iou"]["mean_iou"] == pytest.approx(
+        metrics["zero_shot"]["predicted_iou"]["mean_iou"], abs=1e-6
+    )
+    base = load_file(base_sam / "model.safetensors")
+    delivered = load_file(tmp_path / "best" / "model.safetensors")
+    assert all(torch_equal(delivered[name], tensor) for name, tensor in base.items())
+
+    run(train_args(base_sam, cache_dir, tmp_path / "last", *common, "--no-load_best_model_at_end"))
+    metrics = json.loads((tmp_path / "last" / "metrics.json").read_text())
+    assert metrics["delivered"]["step"] == 20 and metrics["settings"]["load_best_model_at_end"] is False
+    assert metrics["adapted"]["predicted_iou"]["mean_iou"] < metrics["zero_shot"]["predicted_iou"]["mean_iou"]
+    assert SamPromptLearnerModel.from_pretrained(tmp_path / "last" / "best_model") is not None
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

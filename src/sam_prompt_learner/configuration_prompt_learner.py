@@ -29,6 +29,22 @@ class PromptLearnerConfigMixin:
     prompt_learner_attention_downsample_rate (`int`, *optional*, defaults to 2):
         Internal width divisor of the prompt-to-image cross-attention, as in SAM's decoder
         (`hidden_size / rate` must be divisible by the number of heads).
+    prompt_learner_norm_first (`bool`, *optional*, defaults to `False`):
+        Pre-norm PLM blocks (each branch reads a LayerNorm of the residual stream, a final LayerNorm before the
+        output projection) instead of SAM's post-norm.
+    prompt_learner_gate (`bool`, *optional*, defaults to `False`):
+        Close the PLM's update with a learnable per-channel gate initialised at zero, after a normally initialised
+        output projection, instead of a zero-initialised output projection.
+    prompt_learner_num_task_tokens (`int`, *optional*, defaults to 0):
+        Learnable task tokens that the prompt tokens read in the PLM's self-attention (extra keys and values; the
+        mask decoder never sees them, so the model stays exactly the base SAM at initialisation).
+    prompt_learner_update_dense (`bool`, *optional*, defaults to `False`):
+        Also update the dense prompt embedding (which the mask decoder adds to the image embedding) by a pixel-wise
+        MLP of the image embedding with a zero-initialised output. It is one update per image, shared by its prompts.
+    prompt_learner_mask_score_offsets (`bool`, *optional*, defaults to `False`):
+        Add a learnable offset per mask token (zero at initialisation, trained by the IoU loss) to the predicted IoU
+        scores: the task's prior over SAM's three masks (part to whole), which decides the mask the model answers
+        with.
 
     Point-matching head (PMM), a training-time boundary head on the mask decoder's outputs:
 
@@ -72,6 +88,11 @@ class PromptLearnerConfigMixin:
     prompt_learner_num_attention_heads: int | None = None
     prompt_learner_mlp_dim: int | None = None
     prompt_learner_attention_downsample_rate: int = 2
+    prompt_learner_norm_first: bool = False
+    prompt_learner_gate: bool = False
+    prompt_learner_num_task_tokens: int = 0
+    prompt_learner_update_dense: bool = False
+    prompt_learner_mask_score_offsets: bool = False
 
     use_point_matching_head: bool = True
     num_boundary_points: int = 16
@@ -108,7 +129,7 @@ class PromptLearnerConfigMixin:
 
     def _validate_new_fields(self):
         hidden = self.mask_decoder_config.hidden_size  # the width of the prompt tokens, in every family
-        for name in ("prompt_learner_depth",):
+        for name in ("prompt_learner_depth", "prompt_learner_num_task_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         for name in (

@@ -208,9 +208,15 @@ def model_card(output_dir: str | os.PathLike, repo_id: str, *, license: str | No
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results,
     )
+    on_eval = f" ({eval_split})" if eval_split else ""
+    scored = [(f"zero-shot{on_eval}", summary.zero_shot), (f"adapted{on_eval}", summary.adapted)]
+    if summary.test:
+        test_split = summary.test["split"]
+        scored += [(f"zero-shot ({test_split})", summary.test["zero_shot"])]
+        scored += [(f"adapted ({test_split})", summary.test["adapted"])]
     results = [
         {"name": name, **scores["predicted_iou"], "oracle_mean_iou": scores["oracle"]["mean_iou"]}
-        for name, scores in (("zero-shot", summary.zero_shot), ("adapted", summary.adapted))
+        for name, scores in scored
     ]
     template = resources.files(__package__).joinpath(MODEL_CARD_TEMPLATE).read_text(encoding="utf-8")
     return ModelCard.from_template(
@@ -226,7 +232,8 @@ def model_card(output_dir: str | os.PathLike, repo_id: str, *, license: str | No
         total_parameters=summary.total_parameters,
         trainable_percent=100 * summary.trainable_parameters / summary.total_parameters,
         completed_steps=summary.completed_steps,
-        best_step=summary.adapted.get("best_step"),
+        delivered=summary.delivered or {"step": summary.adapted.get("best_step"), "reason": "the best evaluation"},
+        test_split=summary.test["split"] if summary.test else None,
         train_wall_time_seconds=summary.train_wall_time_seconds,
         settings=summary.settings,
         num_objects=adapted["num_objects"],

@@ -34,6 +34,7 @@ from transformers import (
     SamModel,
 )
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
 from transformers.models.sam.modeling_sam import SamAttention, SamFeedForward, SamMLPBlock
 from transformers.utils import ModelOutput
@@ -151,13 +152,28 @@ def absorbed_cross_attention(
     return attention.out_proj(output)
 
 
-class PromptLearningLayer(nn.Module):
-    """One PLM block: prompt self-attention, prompt-to-image cross-attention, MLP; each residual + LayerNorm (post-norm,
-    as in SAM's two-way transformer). The prompt tokens are their own positional encoding; the image keys carry SAM's
-    dense positional encoding."""
+class ZeroInitGate(nn.Module):
+    """A per-channel scale that `_init_weights` sets to zero: `gate * x`, so the branch it closes starts switched off
+    while the layer before it keeps a normal initialisation (ReZero / LayerScale)."""
 
-    def __init__(self, config: SamMaskDecoderConfig):
+    def __init__(self, channels: int):
         super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.weight
+
+
+class PromptLearningLayer(nn.Module):
+    """One PLM block: prompt self-attention, prompt-to-image cross-attention, MLP. Post-norm (each residual followed by
+    a LayerNorm, as in SAM's two-way transformer) or, with `norm_first`, pre-norm (each branch reads a LayerNorm of the
+    residual stream, which then carries the prompt token itself from input to output). The prompt tokens are their own
+    positional encoding; the image keys carry SAM's dense positional encoding. `task_tokens` `(N, C)`, when given,
+    are extra keys and values of the self-attention (the prompts read them; they are not queries)."""
+
+    def __init__(self, config: SamMaskDecoderConfig, norm_first: bool = False):
+        super().__init__()
+        self.norm_first = norm_first
         self.self_attn = SamAttention(config, downsample_rate=1)
         self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.cross_attn_prompt_to_image = SamAttention(config, downsample_rate=config.attention_downsample_rate)
@@ -172,30 +188,86 @@ class PromptLearningLayer(nn.Module):
         image_embeddings: torch.Tensor,
         image_positional_embeddings: torch.Tensor,
         self_attention_mask: torch.Tensor,
+        task_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # prompts, prompt_positional_embeddings: (B, P, T, C); image tensors: (B, 1, HW, C);
-        # self_attention_mask: (B*P, 1, T, T) additive, hides padded prompt tokens as keys.
+        # self_attention_mask: (B*P, 1, 1, T + N) additive, hides padded prompt tokens as keys; task_tokens (N, C).
         batch_size, point_batch_size, num_tokens, hidden = prompts.shape
-        query = prompts + prompt_positional_embeddings
-        attn_out, _ = self.self_attn(query=query, key=query, value=prompts, attention_similarity=self_attention_mask)
-        prompts = self.layer_norm1(prompts + attn_out)
+        pre, post = (self._norm, self._identity) if self.norm_first else (self._identity, self._norm)
+
+        values = pre(self.layer_norm1, prompts)
+        query = values + prompt_positional_embeddings
+        key = query
+        if task_tokens is not None:
+            extra = task_tokens.to(prompts.dtype).expand(batch_size, point_batch_size, -1, -1)
+            key, values = torch.cat([query, extra], dim=2), torch.cat([values, extra], dim=2)
+        attn_out, _ = self.self_attn(query=query, key=key, value=values, attention_similarity=self_attention_mask)
+        prompts = post(self.layer_norm1, prompts + attn_out)
 
         # Cross-attention treats every query independently, so all P*T tokens of an image share one pass over its
         # image keys instead of repeating the (HW, C) keys P times as the mask decoder does.
-        query = (prompts + prompt_positional_embeddings).reshape(batch_size, 1, point_batch_size * num_tokens, hidden)
+        query = pre(self.layer_norm2, prompts) + prompt_positional_embeddings
+        query = query.reshape(batch_size, 1, point_batch_size * num_tokens, hidden)
         attention = self.cross_attn_prompt_to_image
         if absorbed_attention_is_cheaper(attention, num_queries=query.shape[2], num_keys=image_embeddings.shape[2]):
             attn_out = absorbed_cross_attention(attention, query, image_embeddings, image_positional_embeddings)
         else:
             key = image_embeddings + image_positional_embeddings
             attn_out, _ = attention(query=query, key=key, value=image_embeddings)
-        prompts = self.layer_norm2(prompts + attn_out.reshape(prompts.shape))
-        return self.layer_norm3(prompts + self.mlp(prompts))
+        prompts = post(self.layer_norm2, prompts + attn_out.reshape(prompts.shape))
+        return post(self.layer_norm3, prompts + self.mlp(pre(self.layer_norm3, prompts)))
+
+    @staticmethod
+    def _norm(layer_norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+        return layer_norm(hidden_states)
+
+    @staticmethod
+    def _identity(_layer_norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class MaskScoreOffsets(nn.Module):
+    """A learnable offset per mask token, added to the decoder's predicted IoU scores and zero-initialised: the task's
+    prior over SAM's masks (with multimask output, the three guesses from part to whole), which decides the mask the
+    model answers with. Trained by the IoU loss."""
+
+    def __init__(self, num_mask_tokens: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_mask_tokens))
+
+    def forward(self, iou_scores: torch.Tensor) -> torch.Tensor:
+        # iou_scores (B, P, M): the multimask tokens 1..M, or the single-mask token 0 when M == 1
+        num_masks = iou_scores.shape[-1]
+        offsets = self.weight[1 : 1 + num_masks] if num_masks > 1 else self.weight[:1]
+        return iou_scores + offsets.to(iou_scores.dtype)
+
+
+class DenseEmbeddingUpdate(nn.Module):
+    """A pixel-wise MLP of the image embedding, added to the dense prompt embedding that the mask decoder adds to the
+    image: `dense' = dense + W_out(act(W_in(LN(f_I))))`, `W_out` zero-initialised. SAM's decoders take one dense
+    embedding per image, shared by all of its prompts, so this update is the task's, not a prompt's."""
+
+    def __init__(self, config: SamMaskDecoderConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.lin1 = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.act = ACT2FN[config.hidden_act]
+        self.lin2 = ZeroInitLinear(config.mlp_dim, config.hidden_size)
+
+    def forward(self, dense_embeddings: torch.Tensor, image_embeddings: torch.Tensor) -> torch.Tensor:
+        # dense_embeddings, image_embeddings: (B, C, E, E)
+        pixels = image_embeddings.permute(0, 2, 3, 1)  # (B, E, E, C)
+        update = self.lin2(self.act(self.lin1(self.layer_norm(pixels))))
+        return dense_embeddings + update.permute(0, 3, 1, 2).to(dense_embeddings.dtype)
 
 
 class PromptLearningModule(nn.Module):
-    """The PLM: `f_P' = f_P + W_out(blocks(f_P, f_I))` on the sparse prompt tokens, with `W_out` zero-initialised so
-    an untrained PLM returns its input exactly. Padded tokens (SAM's zero vectors) stay untouched."""
+    """The PLM: `f_P' = f_P + W_out(blocks(f_P, f_I))` on the sparse prompt tokens, with the update zero at
+    initialisation (`W_out` zero-initialised, or, with `prompt_learner_gate`, a zero per-channel gate after a normally
+    initialised `W_out`), so an untrained PLM returns its input exactly. Padded tokens (SAM's zero vectors) stay
+    untouched. Options (config fields): pre-norm blocks with a final LayerNorm, learnable task tokens read by the
+    prompts' self-attention, a zero-initialised update of the dense embedding (`dense_update`), and learnable offsets
+    of the predicted IoU scores (`mask_score_offsets`, the task's choice among SAM's masks)."""
 
     def __init__(self, config: PromptLearnerConfig):
         super().__init__()
@@ -211,8 +283,25 @@ class PromptLearningModule(nn.Module):
             layer_norm_eps=getattr(decoder, "layer_norm_eps", 1e-6),
         )
         self.config._attn_implementation = decoder._attn_implementation
-        self.layers = nn.ModuleList(PromptLearningLayer(self.config) for _ in range(config.prompt_learner_depth))
-        self.out_proj = ZeroInitLinear(decoder.hidden_size, decoder.hidden_size)
+        hidden = decoder.hidden_size
+        self.layers = nn.ModuleList(
+            PromptLearningLayer(self.config, norm_first=config.prompt_learner_norm_first)
+            for _ in range(config.prompt_learner_depth)
+        )
+        self.final_layer_norm = (
+            nn.LayerNorm(hidden, eps=self.config.layer_norm_eps) if config.prompt_learner_norm_first else None
+        )
+        self.task_tokens = None
+        if config.prompt_learner_num_task_tokens:
+            self.task_tokens = nn.Embedding(config.prompt_learner_num_task_tokens, hidden)
+        if config.prompt_learner_gate:
+            self.out_proj, self.gate = nn.Linear(hidden, hidden), ZeroInitGate(hidden)
+        else:
+            self.out_proj, self.gate = ZeroInitLinear(hidden, hidden), None
+        self.dense_update = DenseEmbeddingUpdate(self.config) if config.prompt_learner_update_dense else None
+        self.mask_score_offsets = None
+        if config.prompt_learner_mask_score_offsets:
+            self.mask_score_offsets = MaskScoreOffsets(getattr(decoder, "num_multimask_outputs", 3) + 1)
 
     def forward(
         self,
@@ -225,13 +314,23 @@ class PromptLearningModule(nn.Module):
         batch_size, point_batch_size, num_tokens, _ = sparse_embeddings.shape
         keys = image_embeddings.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, HW, C)
         keys_pe = image_positional_embeddings.flatten(2).transpose(1, 2).unsqueeze(1).to(keys.dtype)
+        key_is_padding = token_is_padding
+        task_tokens = self.task_tokens.weight if self.task_tokens is not None else None
+        if task_tokens is not None:
+            task_padding = token_is_padding.new_zeros((batch_size, point_batch_size, task_tokens.shape[0]))
+            key_is_padding = torch.cat([token_is_padding, task_padding], dim=2)
         hidden_min = torch.finfo(sparse_embeddings.dtype).min
-        self_attention_mask = torch.where(token_is_padding, hidden_min, 0.0).to(sparse_embeddings.dtype)
-        self_attention_mask = self_attention_mask.reshape(batch_size * point_batch_size, 1, 1, num_tokens)
+        self_attention_mask = torch.where(key_is_padding, hidden_min, 0.0).to(sparse_embeddings.dtype)
+        self_attention_mask = self_attention_mask.reshape(batch_size * point_batch_size, 1, 1, -1)
         prompts = sparse_embeddings
         for layer in self.layers:
-            prompts = layer(prompts, sparse_embeddings, keys, keys_pe, self_attention_mask)
-        update = self.out_proj(prompts) * (~token_is_padding).unsqueeze(-1).to(prompts.dtype)
+            prompts = layer(prompts, sparse_embeddings, keys, keys_pe, self_attention_mask, task_tokens)
+        if self.final_layer_norm is not None:
+            prompts = self.final_layer_norm(prompts)
+        update = self.out_proj(prompts)
+        if self.gate is not None:
+            update = self.gate(update)
+        update = update * (~token_is_padding).unsqueeze(-1).to(prompts.dtype)
         return sparse_embeddings + update
 
 
@@ -349,6 +448,8 @@ class PromptLearnerMixin:
         if isinstance(module, ZeroInitLinear):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, (ZeroInitGate, MaskScoreOffsets)):
+            init.zeros_(module.weight)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -500,6 +601,8 @@ class PromptLearnerMixin:
                 image_embeddings,
                 image_positional_embeddings,
             )
+        if self.prompt_learner is not None and self.prompt_learner.dense_update is not None:
+            dense_embeddings = self.prompt_learner.dense_update(dense_embeddings, image_embeddings)
 
         want_points = self.point_matching_head is not None and (
             output_boundary_points if output_boundary_points is not None else labels is not None
@@ -512,6 +615,8 @@ class PromptLearnerMixin:
             **decoder_kwargs,
         )
         decoded = self._decode(image_features, decoder_arguments, with_mask_features=want_points)
+        if self.prompt_learner is not None and self.prompt_learner.mask_score_offsets is not None:
+            decoded.iou_scores = self.prompt_learner.mask_score_offsets(decoded.iou_scores)
         pred_boundary_points = None
         if want_points:
             point_batch_size = decoded.pred_masks.shape[1]

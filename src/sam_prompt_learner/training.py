@@ -271,6 +271,10 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     # Of `train_wall_time_seconds`, the part spent in evaluations during training (absent from older files).
     eval_wall_time_seconds: float = 0.0
+    # Which step `adapted` is and why (`delivery_decision`); absent from older files.
+    delivered: dict[str, Any] | None = None
+    # `{"split", "zero_shot", "adapted"}` on the dataset's test split, which chooses nothing; None without one.
+    test: dict[str, Any] | None = None
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -336,3 +340,94 @@ def evaluation_collator(processor: SamProcessor, prompt_config, max_objects_per_
     return SamPromptCollator(
         processor, prompt_config, training=False, max_objects_per_image=max_objects_per_image, mask_size=image_size
     )
+
+
+class BestWeights:
+    """The trainable parameters at the best evaluation so far, copied to CPU memory. Registered with
+    `accelerator.register_for_checkpointing`, they are part of every resumable checkpoint, so a resumed run still
+    delivers the best weights of its first part. Only trainable parameters change during a run (buffers do not), so
+    restoring them restores the model as it was at that evaluation."""
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def capture(self, model: torch.nn.Module) -> None:
+        self.tensors = {
+            name: parameter.detach().to("cpu", copy=True)
+            for name, parameter in model.named_parameters()
+            if parameter.requires_grad
+        }
+
+    @torch.no_grad()
+    def restore(self, model: torch.nn.Module) -> None:
+        parameters = dict(model.named_parameters())
+        for name, tensor in self.tensors.items():
+            parameters[name].copy_(tensor)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.tensors)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.tensors = dict(state)
+
+
+def delivery_decision(history: Sequence[dict[str, Any]], best_step: int, load_best: bool) -> dict[str, Any]:
+    """Which step a run delivers and why, for `metrics.json`. `history` holds every evaluation (step 0 = zero-shot
+    first) with its `mean_iou`; `best_step` is the step of the highest one (the earliest among equals)."""
+    last = history[-1]
+    scores = {point["step"]: point["mean_iou"] for point in history}
+    if not load_best:
+        return {"step": last["step"], "reason": "the last step (--no-load_best_model_at_end)"}
+    if best_step == 0:
+        reason = (
+            f"no evaluation during training beat the zero-shot model (mIoU {scores[0]:.4f}; the best of the "
+            f"{len(history) - 1} later ones: {max(p['mean_iou'] for p in history[1:]):.4f}), so the delivered model "
+            "is the base unchanged"
+            if len(history) > 1
+            else "no evaluation after step 0"
+        )
+    elif best_step == last["step"]:
+        reason = f"the last step had the best eval-split mIoU ({scores[best_step]:.4f}) of {len(history)} evaluations"
+    else:
+        reason = (
+            f"step {best_step} had the best eval-split mIoU ({scores[best_step]:.4f}) of {len(history)} evaluations, "
+            f"step 0 (zero-shot, {scores[0]:.4f}) included; the last step scored {last['mean_iou']:.4f}"
+        )
+    return {"step": best_step, "reason": reason}
+
+
+# The learning rate of each trainable part when `--learning_rate` is not given: the prompt learner and the
+# point-matching head start from zero / random weights and need a larger step than SAM's pretrained weights, which a
+# large step damages (measured on the embedded tiny SAM: BENCHMARKS.md, "Learning rates by what is trained").
+PART_LEARNING_RATES = {
+    "prompt_learner": 3e-3,
+    "point_matching_head": 3e-3,
+    "mask_decoder": 1e-3,
+    "prompt_encoder": 1e-4,
+    "vision_encoder": 1e-5,
+}
+LORA_LEARNING_RATE = 1e-3
+PEFT_PREFIX = "base_model.model."
+
+
+def part_of_parameter(name: str) -> str:
+    """The trainable part (`TRAINABLE_PARTS`) or `"lora"` a parameter name belongs to, for plain and peft models."""
+    if ".lora_" in name:
+        return LORA
+    return name.removeprefix(PEFT_PREFIX).split(".")[0]
+
+
+def parameter_groups(
+    model: torch.nn.Module, learning_rate: float | None = None, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one per trainable part, each at `learning_rate` when given, else at its
+    part's rate (`PART_LEARNING_RATES`, `LORA_LEARNING_RATE`). Each group carries its `"name"` (for the log)."""
+    by_part: dict[str, list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            by_part.setdefault(part_of_parameter(name), []).append(parameter)
+    rates = {**PART_LEARNING_RATES, LORA: LORA_LEARNING_RATE}
+    return [
+        {"name": part, "params": parameters, "lr": learning_rate or rates[part], "weight_decay": weight_decay}
+        for part, parameters in by_part.items()
+    ]
