@@ -14,7 +14,9 @@ evaluation prompts, through `examples/train.py` (one subprocess per run, so each
 
 All methods train with the package's loss (focal + dice + IoU, plus the head's terms for `plm_head`), so the methods
 differ only in what is trained. Each method uses its own learning rate, the best of `--learning_rates` on a sweep
-(first scenario, first seed, final mIoU), because one shared rate would favour whichever method it happens to suit.
+(first scenario, first seed, final mIoU), because one shared rate would favour whichever method it happens to suit;
+`--package_defaults` skips the sweep and runs every method as a user would, at the training script's default rates
+(by trained part), delivering its best evaluation (step 0 included) as the script does by default.
 
 Reported per scenario and method (mean and std over seeds): mIoU and boundary IoU of the model's own mask choice on
 the validation split, trainable parameters, training wall time (evaluations excluded), the step and the seconds at
@@ -78,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_train", type=int, default=200, help="Training images per scenario.")
     parser.add_argument("--num_eval", type=int, default=60, help="Validation images scored.")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
+    parser.add_argument(
+        "--package_defaults", action="store_true", help="No sweep: the training script's default learning rates."
+    )
     parser.add_argument("--robustness_draws", type=int, default=5)
     parser.add_argument(
         "--runs_dir",
@@ -118,11 +123,16 @@ def run(command: list[str]) -> None:
         raise SystemExit(f"paper_claims.py: command failed ({completed.returncode}): {' '.join(command)}\n{tail}")
 
 
-def run_dir(args, scenario: str, method: str, seed: int, learning_rate: float) -> Path:
-    return args.runs_dir / scenario / f"{method}-lr{learning_rate:g}" / f"seed-{seed}"
+def run_dir(args, scenario: str, method: str, seed: int, learning_rate: float | None) -> Path:
+    return args.runs_dir / scenario / f"{method}-lr{rate_name(learning_rate)}" / f"seed-{seed}"
 
 
-def train(args, scenario: str, method: str, seed: int, learning_rate: float) -> dict:
+def rate_name(learning_rate: float | None) -> str:
+    """A learning rate as the runs and tables name it (`None`: the training script's defaults)."""
+    return "default" if learning_rate is None else f"{learning_rate:g}"
+
+
+def train(args, scenario: str, method: str, seed: int, learning_rate: float | None) -> dict:
     """One `examples/train.py` run; returns its `metrics.json` (reused when present, or done in this invocation)."""
     output_dir = run_dir(args, scenario, method, seed, learning_rate)
     metrics_file = output_dir / "metrics.json"
@@ -137,7 +147,6 @@ def train(args, scenario: str, method: str, seed: int, learning_rate: float) -> 
             "--max_train_steps", str(args.max_train_steps),
             "--eval_steps", str(args.eval_steps),
             "--per_device_train_batch_size", str(args.batch_size),
-            "--learning_rate", str(learning_rate),
             "--seed", str(seed),
             "--trainable", *trainable,
             "--num_grid_examples", "4",
@@ -146,11 +155,14 @@ def train(args, scenario: str, method: str, seed: int, learning_rate: float) -> 
         ]  # fmt: skip
         if overrides:
             command += ["--config_overrides", overrides]
+        if learning_rate is not None:
+            command += ["--learning_rate", str(learning_rate)]
         started = time.perf_counter()
         run(command)
         args.done.add(output_dir)
         print(
-            f"  {scenario} {method} lr {learning_rate:g} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True
+            f"  {scenario} {method} lr {rate_name(learning_rate)} seed {seed}: {time.perf_counter() - started:.0f} s",
+            flush=True,
         )
     return json.loads(metrics_file.read_text())
 
@@ -191,6 +203,12 @@ def steps_to_target(history: list[dict], target: float) -> int | None:
     return next((point["step"] for point in history if point["mean_iou"] >= target), None)
 
 
+def with_step_zero(history: list[dict], zero_shot: dict) -> list[dict]:
+    """A run's learning curve from step 0 (the training script records step 0 itself since it delivers the best
+    evaluation; older runs start at the first evaluation)."""
+    return history if history and history[0]["step"] == 0 else [{"step": 0, **zero_shot}, *history]
+
+
 def mean_std(values: list[float]) -> dict:
     return {
         "mean": statistics.fmean(values),
@@ -206,8 +224,11 @@ def in_parallel(args, calls: list[tuple]) -> None:
             future.result()
 
 
-def sweep_learning_rates(args) -> dict[str, float]:
-    """Each method's learning rate: the best final mIoU on the first scenario and seed."""
+def sweep_learning_rates(args) -> dict[str, float | None]:
+    """Each method's learning rate: the best final mIoU on the first scenario and seed (`None` for every method with
+    `--package_defaults`)."""
+    if args.package_defaults:
+        return dict.fromkeys(args.methods)
     chosen, scenario, seed = {}, args.scenarios[0], args.seeds[0]
     in_parallel(args, [(train, args, scenario, m, seed, rate) for m in args.methods for rate in args.learning_rates])
     for method in args.methods:
@@ -288,7 +309,7 @@ def summarize_scenario(args, scenario: str, learning_rates: dict[str, float]) ->
                         )
                         for placement in PLACEMENTS
                     },  # fmt: skip
-                    "history": [{"step": 0, **metrics["zero_shot"]["predicted_iou"]}, *adapted["history"]],
+                    "history": with_step_zero(adapted["history"], metrics["zero_shot"]["predicted_iou"]),
                 }
             )
         reached = [row["steps_to_target"] for row in per_seed if row["steps_to_target"] is not None]
@@ -431,7 +452,7 @@ def markdown_tables(results: dict[str, dict]) -> str:
                 continue
             reached = f" ({summary['seeds_reaching_target']}/{len(summary['per_seed'])} seeds)"
             lines.append(
-                f"| {method} | {summary['learning_rate']:g} | {summary['trainable_parameters']:,} "
+                f"| {method} | {rate_name(summary['learning_rate'])} | {summary['trainable_parameters']:,} "
                 f"| {cell(summary['miou'])} | {cell(summary['boundary_iou'])} | {cell(summary['train_seconds'], 1)} "
                 f"| {cell(summary['steps_to_target'], 0)}{reached} | {cell(summary['seconds_to_target'], 1)} "
                 + "".join(

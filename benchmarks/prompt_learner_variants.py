@@ -2,16 +2,18 @@
 initialisation, trained as `paper_claims.py` trains its `plm_head` method (same data, steps, batch, evaluation
 prompts; one `examples/train.py` subprocess per run), on every base, scenario, seed and learning rate asked for.
 
-| variant | `--config_overrides` |
+| variant | what it adds to `plm_head` |
 |---|---|
-| `plm_head` | the package's defaults |
-| `pre_norm` | `prompt_learner_norm_first=true` (pre-norm blocks, final LayerNorm before the zero-initialised output) |
-| `gate` | `prompt_learner_gate=true` (learnable per-channel gate at zero on a normally initialised output) |
-| `task_tokens` | `prompt_learner_num_task_tokens=8` (learnable tokens the prompts read in the PLM's self-attention) |
-| `dense` | `prompt_learner_update_dense=true` (the PLM also updates the dense embedding, per image) |
-| `depth2` | `prompt_learner_depth=2` |
-| `score_offsets` | `prompt_learner_mask_score_offsets=true` (a learnable offset per mask token on the predicted IoU) |
-| `decoder_ft` | the reference: plain SAM's mask decoder trained (`paper_claims.py`'s method) |
+| `plm_head` | nothing: the paper's PLM on the sparse prompt tokens, with the point-matching head |
+| `pre_norm` | pre-norm blocks, a final LayerNorm before the zero-initialised output (`prompt_learner_norm_first`) |
+| `gate` | a per-channel gate at zero on a normally initialised output (`prompt_learner_gate`) |
+| `task_tokens` | 8 learnable tokens the prompts read in the PLM's self-attention (`prompt_learner_num_task_tokens`) |
+| `dense` | an update of the dense embedding, per image (`prompt_learner_update_dense`, MLP width 4 x hidden) |
+| `depth2` | a second PLM block |
+| `score_offsets` | a learnable offset per mask token on the predicted IoU (`prompt_learner_mask_score_offsets`) |
+| `offsets_dense`, `offsets_pre_norm`, `offsets_dense_pre_norm` | the combinations (dense MLP width 4 x hidden) |
+| `offsets_narrow_dense` | offsets and the dense update at its default width (hidden): the package's defaults |
+| `decoder_ft` | the reference: plain SAM's mask decoder trained instead (`paper_claims.py`'s method) |
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/prompt_learner_variants.py \\
         --bases outputs/bases/v3-4081 --learning_rates 3e-3
@@ -34,14 +36,33 @@ import paper_claims
 from paper_claims import METHODS, in_parallel, mean_std, model_fingerprint, train
 
 PLM_HEAD = METHODS["plm_head"][0]
+# The prompt learner as the paper describes it (sparse tokens only); the package's defaults add the two below.
+PAPER_PLM = "prompt_learner_update_dense=false,prompt_learner_mask_score_offsets=false"
 VARIANTS = {
-    "plm_head": (PLM_HEAD, None),
-    "pre_norm": (PLM_HEAD, "prompt_learner_norm_first=true"),
-    "gate": (PLM_HEAD, "prompt_learner_gate=true"),
-    "task_tokens": (PLM_HEAD, "prompt_learner_num_task_tokens=8"),
-    "dense": (PLM_HEAD, "prompt_learner_update_dense=true"),
-    "depth2": (PLM_HEAD, "prompt_learner_depth=2"),
-    "score_offsets": (PLM_HEAD, "prompt_learner_mask_score_offsets=true"),
+    "plm_head": (PLM_HEAD, PAPER_PLM),
+    "pre_norm": (PLM_HEAD, f"{PAPER_PLM},prompt_learner_norm_first=true"),
+    "gate": (PLM_HEAD, f"{PAPER_PLM},prompt_learner_gate=true"),
+    "task_tokens": (PLM_HEAD, f"{PAPER_PLM},prompt_learner_num_task_tokens=8"),
+    "dense": (
+        PLM_HEAD,
+        "prompt_learner_update_dense=true,prompt_learner_dense_mlp_dim=256,prompt_learner_mask_score_offsets=false",
+    ),
+    "depth2": (PLM_HEAD, f"{PAPER_PLM},prompt_learner_depth=2"),
+    "score_offsets": (PLM_HEAD, "prompt_learner_update_dense=false,prompt_learner_mask_score_offsets=true"),
+    "offsets_dense": (
+        PLM_HEAD,
+        "prompt_learner_mask_score_offsets=true,prompt_learner_update_dense=true,prompt_learner_dense_mlp_dim=256",
+    ),
+    "offsets_pre_norm": (
+        PLM_HEAD,
+        "prompt_learner_mask_score_offsets=true,prompt_learner_update_dense=false,prompt_learner_norm_first=true",
+    ),
+    "offsets_dense_pre_norm": (
+        PLM_HEAD,
+        "prompt_learner_mask_score_offsets=true,prompt_learner_update_dense=true,prompt_learner_norm_first=true,"
+        "prompt_learner_dense_mlp_dim=256",
+    ),
+    "offsets_narrow_dense": (PLM_HEAD, None),  # the package's defaults since this study
     "decoder_ft": METHODS["decoder_ft"],
 }
 

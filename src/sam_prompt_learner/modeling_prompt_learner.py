@@ -247,12 +247,12 @@ class DenseEmbeddingUpdate(nn.Module):
     image: `dense' = dense + W_out(act(W_in(LN(f_I))))`, `W_out` zero-initialised. SAM's decoders take one dense
     embedding per image, shared by all of its prompts, so this update is the task's, not a prompt's."""
 
-    def __init__(self, config: SamMaskDecoderConfig):
+    def __init__(self, config: SamMaskDecoderConfig, mlp_dim: int):
         super().__init__()
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.lin1 = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.lin1 = nn.Linear(config.hidden_size, mlp_dim)
         self.act = ACT2FN[config.hidden_act]
-        self.lin2 = ZeroInitLinear(config.mlp_dim, config.hidden_size)
+        self.lin2 = ZeroInitLinear(mlp_dim, config.hidden_size)
 
     def forward(self, dense_embeddings: torch.Tensor, image_embeddings: torch.Tensor) -> torch.Tensor:
         # dense_embeddings, image_embeddings: (B, C, E, E)
@@ -298,7 +298,9 @@ class PromptLearningModule(nn.Module):
             self.out_proj, self.gate = nn.Linear(hidden, hidden), ZeroInitGate(hidden)
         else:
             self.out_proj, self.gate = ZeroInitLinear(hidden, hidden), None
-        self.dense_update = DenseEmbeddingUpdate(self.config) if config.prompt_learner_update_dense else None
+        self.dense_update = None
+        if config.prompt_learner_update_dense:
+            self.dense_update = DenseEmbeddingUpdate(self.config, config.prompt_learner_dense_mlp_dim)
         self.mask_score_offsets = None
         if config.prompt_learner_mask_score_offsets:
             self.mask_score_offsets = MaskScoreOffsets(getattr(decoder, "num_multimask_outputs", 3) + 1)
