@@ -53,6 +53,8 @@ from sam_prompt_learner.lora import LORA_TARGETS
 from sam_prompt_learner.run_lock import LOCK_NAME, DirectoryInUseError, clear_output_dir, lock_directory
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
+    LORA_LEARNING_RATE,
+    PART_LEARNING_RATES,
     TRAINABLE_CHOICES,
     BestWeights,
     RunSummary,
@@ -156,8 +158,9 @@ def parse_args(argv=None):
         type=float,
         default=None,
         help="One learning rate for every trained part. Default: by part, since new modules need larger steps "
-        "than SAM's pretrained weights: prompt_learner and point_matching_head 3e-3, mask_decoder 1e-3, LoRA "
-        "1e-3, prompt_encoder 1e-4, vision_encoder 1e-5.",
+        "than SAM's pretrained weights: "
+        + ", ".join(f"{part} {rate:g}" for part, rate in {**PART_LEARNING_RATES, "lora": LORA_LEARNING_RATE}.items())
+        + ".",
     )
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--num_train_epochs", type=int, default=10)
