@@ -439,7 +439,7 @@ def main(argv=None):
         # The small checkpoint: only what was trained, loadable over the base with `load_trained_parts`.
         save_trained_parts(accelerator.unwrap_model(model), args.output_dir / "trained_parts", args.plan.parts,
                            base_model_name_or_path=args.model_name_or_path)  # fmt: skip
-    if delivered["step"] != state.best_step:  # the last step was delivered: best_model/ keeps the best
+    if not args.load_best_model_at_end:  # the last step was delivered: best_model/ keeps the best
         best_weights.restore(accelerator.unwrap_model(model))
         save_adapted_model(accelerator, model, processor, args.output_dir / "best_model")
     if accelerator.is_main_process:
