@@ -53,7 +53,6 @@ from sam_prompt_learner.lora import LORA_TARGETS
 from sam_prompt_learner.run_lock import LOCK_NAME, DirectoryInUseError, clear_output_dir, lock_directory
 from sam_prompt_learner.trained_parts import SAVABLE_PARTS, save_trained_parts
 from sam_prompt_learner.training import (
-    LORA_LEARNING_RATE,
     PART_LEARNING_RATES,
     TRAINABLE_CHOICES,
     BestWeights,
@@ -159,7 +158,7 @@ def parse_args(argv=None):
         default=None,
         help="One learning rate for every trained part. Default: by part, since new modules need larger steps "
         "than SAM's pretrained weights: "
-        + ", ".join(f"{part} {rate:g}" for part, rate in {**PART_LEARNING_RATES, "lora": LORA_LEARNING_RATE}.items())
+        + ", ".join(f"{part} {rate:g}" for part, rate in PART_LEARNING_RATES.items())
         + ".",
     )
     train.add_argument("--weight_decay", type=float, default=0.01)

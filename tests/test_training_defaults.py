@@ -3,8 +3,8 @@
 import pytest
 
 from sam_prompt_learner.training import (
-    LORA_LEARNING_RATE,
     PART_LEARNING_RATES,
+    TRAINABLE_CHOICES,
     delivery_decision,
     load_model_and_processor,
     parameter_groups,
@@ -22,7 +22,7 @@ def test_each_trained_part_gets_its_own_learning_rate_unless_one_is_given(sam_ch
     rates = {group["name"]: group["lr"] for group in groups}
     expected_parts = set(trainable) if "lora" not in trainable else {"lora", "prompt_learner", "point_matching_head"}
     assert set(rates) == expected_parts
-    assert rates == {part: {**PART_LEARNING_RATES, "lora": LORA_LEARNING_RATE}[part] for part in rates}
+    assert rates == {part: PART_LEARNING_RATES[part] for part in rates}
     # Every trainable parameter is in exactly one group, and nothing frozen is.
     grouped = [id(p) for group in groups for p in group["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
@@ -31,6 +31,7 @@ def test_each_trained_part_gets_its_own_learning_rate_unless_one_is_given(sam_ch
 
 
 def test_new_modules_learn_faster_than_pretrained_weights():
+    assert set(PART_LEARNING_RATES) == set(TRAINABLE_CHOICES)  # every --trainable choice has a default
     assert PART_LEARNING_RATES["prompt_learner"] == PART_LEARNING_RATES["point_matching_head"]
     assert PART_LEARNING_RATES["prompt_learner"] > PART_LEARNING_RATES["mask_decoder"]
     assert PART_LEARNING_RATES["mask_decoder"] > PART_LEARNING_RATES["vision_encoder"]

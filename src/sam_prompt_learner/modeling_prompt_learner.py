@@ -193,20 +193,18 @@ class PromptLearningLayer(nn.Module):
         # prompts, prompt_positional_embeddings: (B, P, T, C); image tensors: (B, 1, HW, C);
         # self_attention_mask: (B*P, 1, 1, T + N) additive, hides padded prompt tokens as keys; task_tokens (N, C).
         batch_size, point_batch_size, num_tokens, hidden = prompts.shape
-        pre, post = (self._norm, self._identity) if self.norm_first else (self._identity, self._norm)
-
-        values = pre(self.layer_norm1, prompts)
+        values = self._branch_input(self.layer_norm1, prompts)
         query = values + prompt_positional_embeddings
         key = query
         if task_tokens is not None:
             extra = task_tokens.to(prompts.dtype).expand(batch_size, point_batch_size, -1, -1)
             key, values = torch.cat([query, extra], dim=2), torch.cat([values, extra], dim=2)
         attn_out, _ = self.self_attn(query=query, key=key, value=values, attention_similarity=self_attention_mask)
-        prompts = post(self.layer_norm1, prompts + attn_out)
+        prompts = self._residual_output(self.layer_norm1, prompts + attn_out)
 
         # Cross-attention treats every query independently, so all P*T tokens of an image share one pass over its
         # image keys instead of repeating the (HW, C) keys P times as the mask decoder does.
-        query = pre(self.layer_norm2, prompts) + prompt_positional_embeddings
+        query = self._branch_input(self.layer_norm2, prompts) + prompt_positional_embeddings
         query = query.reshape(batch_size, 1, point_batch_size * num_tokens, hidden)
         attention = self.cross_attn_prompt_to_image
         if absorbed_attention_is_cheaper(attention, num_queries=query.shape[2], num_keys=image_embeddings.shape[2]):
@@ -214,16 +212,17 @@ class PromptLearningLayer(nn.Module):
         else:
             key = image_embeddings + image_positional_embeddings
             attn_out, _ = attention(query=query, key=key, value=image_embeddings)
-        prompts = post(self.layer_norm2, prompts + attn_out.reshape(prompts.shape))
-        return post(self.layer_norm3, prompts + self.mlp(pre(self.layer_norm3, prompts)))
+        prompts = self._residual_output(self.layer_norm2, prompts + attn_out.reshape(prompts.shape))
+        mlp_out = self.mlp(self._branch_input(self.layer_norm3, prompts))
+        return self._residual_output(self.layer_norm3, prompts + mlp_out)
 
-    @staticmethod
-    def _norm(layer_norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
-        return layer_norm(hidden_states)
+    def _branch_input(self, layer_norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+        """What a branch reads: the normalised stream (pre-norm) or the stream itself (post-norm)."""
+        return layer_norm(hidden_states) if self.norm_first else hidden_states
 
-    @staticmethod
-    def _identity(_layer_norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states
+    def _residual_output(self, layer_norm: nn.LayerNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The stream after a residual: normalised (post-norm) or as it is (pre-norm)."""
+        return hidden_states if self.norm_first else layer_norm(hidden_states)
 
 
 class MaskScoreOffsets(nn.Module):

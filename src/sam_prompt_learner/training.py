@@ -396,17 +396,18 @@ def delivery_decision(history: Sequence[dict[str, Any]], best_step: int, load_be
     return {"step": best_step, "reason": reason}
 
 
-# The learning rate of each trainable part when `--learning_rate` is not given: the prompt learner and the
-# point-matching head start from zero / random weights and need a larger step than SAM's pretrained weights, which a
-# large step damages (measured on the embedded tiny SAM: BENCHMARKS.md, "Learning rates by what is trained").
+# The learning rate of each trainable part (every `TRAINABLE_CHOICES` entry) when `--learning_rate` is not given: the
+# prompt learner and the point-matching head start from zero / random weights and need a larger step than SAM's
+# pretrained weights, which a large step damages (measured on the embedded tiny SAM: BENCHMARKS.md, "Learning rates by
+# what is trained").
 PART_LEARNING_RATES = {
     "prompt_learner": 3e-3,
     "point_matching_head": 3e-3,
     "mask_decoder": 1e-3,
     "prompt_encoder": 1e-4,
     "vision_encoder": 1e-5,
+    LORA: 1e-3,
 }
-LORA_LEARNING_RATE = 1e-3
 PEFT_PREFIX = "base_model.model."
 
 
@@ -421,13 +422,17 @@ def parameter_groups(
     model: torch.nn.Module, learning_rate: float | None = None, weight_decay: float = 0.0
 ) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: one per trainable part, each at `learning_rate` when given, else at its
-    part's rate (`PART_LEARNING_RATES`, `LORA_LEARNING_RATE`). Each group carries its `"name"` (for the log)."""
+    part's rate (`PART_LEARNING_RATES`). Each group carries its `"name"` (for the log)."""
     by_part: dict[str, list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             by_part.setdefault(part_of_parameter(name), []).append(parameter)
-    rates = {**PART_LEARNING_RATES, LORA: LORA_LEARNING_RATE}
     return [
-        {"name": part, "params": parameters, "lr": learning_rate or rates[part], "weight_decay": weight_decay}
+        {
+            "name": part,
+            "params": parameters,
+            "lr": PART_LEARNING_RATES[part] if learning_rate is None else learning_rate,
+            "weight_decay": weight_decay,
+        }
         for part, parameters in by_part.items()
     ]
