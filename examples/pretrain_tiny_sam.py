@@ -29,7 +29,13 @@ import logging
 import typing
 from pathlib import Path
 
-from sam_prompt_learner.pretraining import STAGE_FIELDS, PretrainingConfig, plot_learning_curves, pretrain
+from sam_prompt_learner.pretraining import (
+    STAGE_FIELDS,
+    PretrainingConfig,
+    latest_state_dir,
+    plot_learning_curves,
+    pretrain,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
@@ -70,7 +76,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
     if args.plot:
         history = json.loads((args.output_dir / "history.json").read_text())
-        plot_learning_curves(history, args.output_dir / "learning_curves.png", title=str(args.output_dir))
+        state_dir = latest_state_dir(args.output_dir)
+        config = json.loads((state_dir / "trainer_state.json").read_text())["config"] if state_dir else {}
+        plot_learning_curves(
+            history,
+            args.output_dir / "learning_curves.png",
+            title=str(args.output_dir),
+            cooldown_start_step=config.get("cooldown_start_step"),
+        )
         return
     if args.resume:
         pretrain(args.output_dir, **given)

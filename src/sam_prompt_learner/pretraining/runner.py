@@ -289,8 +289,12 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
             last_checkpoint = time.monotonic()
 
 
-def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Validation mIoU per evaluation (click own choice, best of 3, box; one panel per task) as a PNG.
+def plot_learning_curves(
+    history: list[dict], path: str | os.PathLike, title: str = "", cooldown_start_step: int | None = None
+) -> None:
+    """Validation mIoU per evaluation as a PNG: one panel per task with click own choice, best of 3 and box, and
+    (dashed) the clicks on the parts of nested objects where the task has them; a vertical line where the learning
+    rate starts to cool down, if it does.
 
     Needs matplotlib (the `bench` extra).
     """
@@ -306,10 +310,17 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: st
         for suffix, label in (("click_own", "click, own choice"), ("click_best_of_3", "click, best of 3"),
                               ("box", "box")):  # fmt: skip
             axis.plot(steps, [entry[f"{task}_{suffix}"] for entry in history], marker=".", label=label)
+        for suffix, label in (("parts_own", "part click, own choice"), ("parts_best_of_3", "part click, best of 3")):
+            scored = [(entry["step"], entry[f"{task}_{suffix}"]) for entry in history if f"{task}_{suffix}" in entry]
+            if scored:
+                axis.plot(*zip(*scored, strict=True), linestyle="--", marker=".", label=label)
+        if cooldown_start_step is not None:
+            axis.axvline(cooldown_start_step, color="grey", linestyle=":", label="cooldown starts")
         axis.set(title=f"{task} validation", xlabel="step", ylim=(0, 1))
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("mIoU")
-    axes[0][-1].legend(loc="lower right")
+    for axis in axes[0]:
+        axis.legend(loc="best", fontsize="small")
     if title:
         figure.suptitle(title)
     figure.tight_layout()
