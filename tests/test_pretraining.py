@@ -313,3 +313,8 @@ def test_in_loop_scores_are_what_the_evaluate_command_reports(tmp_path):
     assert reported["points"]["oracle"]["mean_iou"] == pytest.approx(expected["click_best_of_3"], abs=1e-6)
     assert reported["box"]["single"]["mean_iou"] == pytest.approx(expected["box"], abs=1e-6)
     assert expected["click_own"] > 0  # a model that predicts nothing would agree trivially
+    # The per-object scores behind those means, with each object's area and whether it is a part, in split order.
+    per_object = recipe.object_ious(model, scenes, processor_for_config(model.config))
+    assert per_object["click_own"].mean().item() == pytest.approx(expected["click_own"], abs=1e-6)
+    assert len(per_object["area"]) == len(per_object["is_part"]) == len(per_object["box"]) == len(scenes.masks)
+    assert per_object["area"][0].item() == pytest.approx(scenes.object_masks(0)[0].float().mean().item())

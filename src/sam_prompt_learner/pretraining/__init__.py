@@ -4,7 +4,7 @@
 from its latest resumable state. `examples/pretrain_tiny_sam.py` is the command-line recipe.
 """
 
-from .recipe import STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model
+from .recipe import STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model, object_ious
 from .runner import latest_state_dir, plot_learning_curves, pretrain
 from .scenes import Scenes
 
@@ -16,6 +16,7 @@ __all__ = [
     "evaluate",
     "init_model",
     "latest_state_dir",
+    "object_ious",
     "plot_learning_curves",
     "pretrain",
 ]

@@ -377,16 +377,16 @@ def training_step(
 
 
 @torch.no_grad()
-def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -> dict[str, float]:
-    """mIoU over every object of `scenes` with the deterministic prompts `sam-prompt-learner evaluate` uses.
+def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Per-object IoUs `(num_objects,)` over every object of `scenes`, with the prompts `sam-prompt-learner evaluate`
+    uses.
 
     A click is one point drawn from the object's interior (`PromptConfig(point_placement="interior")` with
     `prompt_rng(sample_id, object index)`); `click_own` keeps the mask with the highest predicted IoU,
     `click_best_of_3` the best mask (an oracle, chosen on the logit grid), `box` decodes the object's tight box with
     the single-mask output. Logits are upsampled bilinearly to the image, as `SamProcessor.post_process_masks`
-    does, and thresholded at 0. `parts_own` / `parts_best_of_3` are the click scores over the objects that lie inside
-    another object of their image (parts of a nested whole, where a click is ambiguous): a gap between them says
-    the IoU head, not the masks, loses the part. Absent when the split has no such objects.
+    does, and thresholded at 0. Also `is_part` (bool: the object lies inside another object of its image, a part
+    of a nested whole, where a click is ambiguous) and `area` (the object's share of the image).
     """
     was_training, device = model.training, model.device
     model.eval()
@@ -426,7 +426,19 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
             is_part.append(parts_of_nested_objects(masks))
     model.train(was_training)
     scores = {name: torch.cat(values) if values else torch.zeros(0) for name, values in ious.items()}
-    parts = torch.cat(is_part) if is_part else torch.zeros(0, dtype=torch.bool)
+    scores["is_part"] = torch.cat(is_part) if is_part else torch.zeros(0, dtype=torch.bool)
+    scores["area"] = scenes.masks.flatten(1).float().mean(1)
+    return scores
+
+
+def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -> dict[str, float]:
+    """mIoU over every object of `scenes` (`object_ious`): `click_own`, `click_best_of_3`, `box`, and
+    `parts_own` / `parts_best_of_3`, the click scores over the parts of nested objects: a gap between them says the
+    IoU head, not the masks, loses the part. The parts' scores are absent when the split has no such objects.
+    """
+    per_object = object_ious(model, scenes, processor, batch_size)
+    parts = per_object["is_part"]
+    scores = {name: per_object[name] for name in ("click_own", "click_best_of_3", "box")}
     if parts.any():
         scores["parts_own"], scores["parts_best_of_3"] = scores["click_own"][parts], scores["click_best_of_3"][parts]
     return {name: float(values.mean()) if len(values) else math.nan for name, values in scores.items()}

@@ -1,0 +1,76 @@
+"""Where a pre-trained tiny SAM fails: validation IoU by object size, and for wholes against parts of nested objects.
+
+The pre-training's own evaluation (`sam_prompt_learner.pretraining.object_ious`: the prompts and mask choice of
+`sam-prompt-learner evaluate`), broken down per object, for one or more checkpoints:
+
+    .venv/bin/python benchmarks/pretraining_by_size.py --models src/sam_prompt_learner/pretrained/tiny-sam \
+        runs/tiny-sam-v3/best --output benchmarks/results/pretraining/by_size.json
+
+A geometry whose embedding grid is too coarse shows as small objects scoring far below large ones at every step;
+masks of the right object with a poor choice among the three show as own choice far below best of 3.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from transformers import SamModel
+
+from sam_prompt_learner import processor_for_config
+from sam_prompt_learner.pretraining import Scenes, object_ious
+
+# Object area as a share of the image: below 0.5% an object is under about 9 x 9 px at 128 px.
+AREA_EDGES = (0.0, 0.005, 0.01, 0.03, 0.1, 1.0001)
+SCORES = ("click_own", "click_best_of_3", "box")
+
+
+def breakdown(per_object: dict[str, torch.Tensor]) -> list[dict]:
+    """Rows of mean IoU per area bucket, then for wholes and for parts, then over all objects."""
+    groups = [
+        (f"area {low:.1%}-{min(high, 1.0):.1%}", (per_object["area"] >= low) & (per_object["area"] < high))
+        for low, high in zip(AREA_EDGES[:-1], AREA_EDGES[1:], strict=True)
+    ]
+    groups += [("wholes", ~per_object["is_part"]), ("parts of nested objects", per_object["is_part"])]
+    groups += [("all", torch.ones_like(per_object["is_part"]))]
+    rows = []
+    for name, selected in groups:
+        row = {"objects": name, "count": int(selected.sum()), "parts": int((selected & per_object["is_part"]).sum())}
+        row.update({score: round(float(per_object[score][selected].mean()), 4) for score in SCORES if selected.any()})
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True, help="Plain `sam` checkpoint directories.")
+    parser.add_argument("--task", default="generic")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--num_images", type=int, default=200, help="The first rows of the split (the loop's 200).")
+    parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=None, help="Write the rows as JSON here too.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.num_threads)
+
+    results = {}
+    scenes = None
+    for path in args.models:
+        model = SamModel.from_pretrained(path)
+        image_size = model.config.vision_config.image_size
+        if scenes is None or scenes.images.shape[-1] != image_size:
+            scenes = Scenes(args.task, args.split, args.num_images, image_size, args.data_seed)
+        rows = breakdown(object_ious(model, scenes, processor_for_config(model.config)))
+        results[path] = rows
+        print(f"\n{path}: {args.task} {args.split}, {args.num_images} images, IoU click own / best of 3 / box")
+        for row in rows:
+            figures = " / ".join(f"{row[score]:.3f}" for score in SCORES if score in row)
+            print(f"  {row['objects']:<26} {row['count']:>5} objects ({row['parts']:>3} parts)  {figures}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"task": args.task, "split": args.split, "num_images": args.num_images,
+                                           "results": results}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
