@@ -36,6 +36,7 @@ from sam_prompt_learner.pretraining import (
     plot_learning_curves,
     pretrain,
 )
+from sam_prompt_learner.pretraining.runner import TRAINER_STATE_NAME
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         history = json.loads((args.output_dir / "history.json").read_text())
         state_dir = latest_state_dir(args.output_dir)
-        config = json.loads((state_dir / "trainer_state.json").read_text())["config"] if state_dir else {}
+        config = json.loads((state_dir / TRAINER_STATE_NAME).read_text())["config"] if state_dir else {}
         plot_learning_curves(
             history,
             args.output_dir / "learning_curves.png",
