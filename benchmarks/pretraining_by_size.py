@@ -3,11 +3,12 @@
 The pre-training's own evaluation (`sam_prompt_learner.pretraining.object_ious`: the prompts and mask choice of
 `sam-prompt-learner evaluate`), broken down per object, for one or more checkpoints:
 
-    .venv/bin/python benchmarks/pretraining_by_size.py --models src/sam_prompt_learner/pretrained/tiny-sam \
-        runs/tiny-sam-v3/best --output benchmarks/results/pretraining/by_size.json
+    .venv/bin/python benchmarks/pretraining_by_size.py --models "step 12,000=runs/tiny-sam-v3/best" \
+        "shipped=src/sam_prompt_learner/pretrained/tiny-sam" --output benchmarks/results/pretraining/by_size.json
 
 A geometry whose embedding grid is too coarse shows as small objects scoring far below large ones at every step;
-masks of the right object with a poor choice among the three show as own choice far below best of 3.
+masks of the right object with a poor choice among the three show as own choice far below best of 3; for a whole
+whose click lands on one of its parts, that choice is ambiguous by design (the click alone cannot say which is meant).
 """
 
 import argparse
@@ -31,7 +32,9 @@ def breakdown(per_object: dict[str, torch.Tensor]) -> list[dict]:
         (f"area {low:.1%}-{min(high, 1.0):.1%}", (per_object["area"] >= low) & (per_object["area"] < high))
         for low, high in zip(AREA_EDGES[:-1], AREA_EDGES[1:], strict=True)
     ]
-    groups += [("wholes", ~per_object["is_part"]), ("parts of nested objects", per_object["is_part"])]
+    wholes, on_part = ~per_object["is_part"], per_object["click_on_part"]
+    groups += [("wholes", wholes), ("wholes, click on a part", wholes & on_part)]
+    groups += [("wholes, click off parts", wholes & ~on_part), ("parts of nested objects", per_object["is_part"])]
     groups += [("all", torch.ones_like(per_object["is_part"]))]
     rows = []
     for name, selected in groups:
@@ -43,7 +46,8 @@ def breakdown(per_object: dict[str, torch.Tensor]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", required=True, help="Plain `sam` checkpoint directories.")
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="Plain `sam` checkpoint directories, each optionally as `LABEL=DIRECTORY`.")
     parser.add_argument("--task", default="generic")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--num_images", type=int, default=200, help="The first rows of the split (the loop's 200).")
@@ -55,14 +59,16 @@ def main() -> None:
 
     results = {}
     scenes = None
-    for path in args.models:
+    for spec in args.models:
+        label, _, path = spec.rpartition("=")
+        label = label or path
         model = SamModel.from_pretrained(path)
         image_size = model.config.vision_config.image_size
         if scenes is None or scenes.images.shape[-1] != image_size:
             scenes = Scenes(args.task, args.split, args.num_images, image_size, args.data_seed)
         rows = breakdown(object_ious(model, scenes, processor_for_config(model.config)))
-        results[path] = rows
-        print(f"\n{path}: {args.task} {args.split}, {args.num_images} images, IoU click own / best of 3 / box")
+        results[label] = rows
+        print(f"\n{label}: {args.task} {args.split}, {args.num_images} images, IoU click own / best of 3 / box")
         for row in rows:
             figures = " / ".join(f"{row[score]:.3f}" for score in SCORES if score in row)
             print(f"  {row['objects']:<26} {row['count']:>5} objects ({row['parts']:>3} parts)  {figures}")

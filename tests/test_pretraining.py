@@ -16,6 +16,7 @@ from transformers import AutoModel, SamModel
 
 from sam_prompt_learner import SamPromptLearnerModel, cli, processor_for_config
 from sam_prompt_learner.data.masks import mask_to_box
+from sam_prompt_learner.data.prompts import PromptConfig, prompt_rng, sample_object_prompts
 from sam_prompt_learner.modeling_prompt_learner import POINT_PAD_LABEL
 from sam_prompt_learner.pretraining import (
     PretrainingConfig,
@@ -258,7 +259,32 @@ def test_parts_are_the_objects_inside_a_larger_one():
     masks[1, 1:3, 1:3] = True  # its part
     masks[2, 5:8, 5:8] = True  # overlaps the whole, not inside it
     masks[3, 1:3, 1:3] = True  # the same region as the part: inside the whole too, not inside its twin
-    assert recipe.parts_of_nested_objects(masks).tolist() == [False, True, False, True]
+    inside = recipe.objects_inside(masks)
+    assert inside.any(dim=1).tolist() == [False, True, False, True]
+    assert inside[1].tolist() == [True, False, False, False]  # the part lies inside the whole only
+
+
+def test_a_click_on_a_part_of_a_whole_is_flagged_on_the_whole():
+    """The evaluation's click of a whole that lands on one of its parts is counted apart: the click alone cannot say
+    whether the part or the whole is meant, so a wrong own choice there is not a wrong mask."""
+    size = 64
+    masks = torch.zeros(4, size, size, dtype=torch.bool)
+    masks[0, 10:40, 10:40] = True  # image 0: a whole almost filled by its part, so its click lands on the part
+    masks[1, 11:39, 11:39] = True
+    masks[2, 10:40, 10:40] = True  # image 1: a whole with a small part in its corner, away from its click
+    masks[3, 10:13, 10:13] = True
+    scenes = object.__new__(recipe.Scenes)
+    scenes.images = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    scenes.masks, scenes.first_object, scenes.sample_ids = masks, torch.tensor([0, 2, 4]), ["a", "b"]
+    model = init_model(tiny_config())
+    per_object = recipe.object_ious(model, scenes, processor_for_config(model.config))
+    assert per_object["is_part"].tolist() == [False, True, False, True]
+    assert per_object["click_on_part"].tolist() == [True, False, False, False]
+    # The flag follows the click the evaluation draws (the same prompts as `sam-prompt-learner evaluate`).
+    clicks = [sample_object_prompts(masks[index].numpy(), PromptConfig(point_placement="interior"),
+                                    prompt_rng(sample_id, object_index)).points[0].astype(int)
+              for index, (sample_id, object_index) in enumerate([("a", 0), ("a", 1), ("b", 0), ("b", 1)])]  # fmt: skip
+    assert masks[1, clicks[0][1], clicks[0][0]] and not masks[3, clicks[2][1], clicks[2][0]]
 
 
 def test_the_command_line_takes_config_fields_and_a_bf16_stage(tmp_path):

@@ -386,7 +386,9 @@ def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32
     `click_best_of_3` the best mask (an oracle, chosen on the logit grid), `box` decodes the object's tight box with
     the single-mask output. Logits are upsampled bilinearly to the image, as `SamProcessor.post_process_masks`
     does, and thresholded at 0. Also `is_part` (bool: the object lies inside another object of its image, a part
-    of a nested whole, where a click is ambiguous) and `area` (the object's share of the image).
+    of a nested whole, where a click is ambiguous), `click_on_part` (bool: the object is a whole whose click landed
+    on one of its parts, so the click alone cannot say which of the two is meant) and `area` (the object's share of
+    the image).
     """
     was_training, device = model.training, model.device
     model.eval()
@@ -394,6 +396,7 @@ def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32
     image_size = scenes.images.shape[-1]
     ious: dict[str, list[torch.Tensor]] = {"click_own": [], "click_best_of_3": [], "box": []}
     is_part: list[torch.Tensor] = []
+    click_on_part: list[torch.Tensor] = []
     for start in range(0, len(scenes), batch_size):
         indices = range(start, min(start + batch_size, len(scenes)))
         pixel_values = normalize_images(scenes.images[start : indices.stop], processor).to(device)
@@ -423,10 +426,16 @@ def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32
             for name, logits in chosen.items():
                 upsampled = F.interpolate(logits[0].unsqueeze(1), size=image_size, mode="bilinear")[:, 0]  # (M, S, S)
                 ious[name].append(mask_iou(upsampled > 0, masks))
-            is_part.append(parts_of_nested_objects(masks))
+            inside = objects_inside(masks)  # (M, M)
+            is_part.append(inside.any(dim=1))
+            # (M, M) [i, j]: object i's click falls on object j; a whole's click on its part is ambiguous.
+            columns, rows = points[:, 0, 0].long(), points[:, 0, 1].long()
+            clicked = masks[:, rows, columns].T
+            click_on_part.append((clicked & inside.T).any(dim=1))
     model.train(was_training)
     scores = {name: torch.cat(values) if values else torch.zeros(0) for name, values in ious.items()}
-    scores["is_part"] = torch.cat(is_part) if is_part else torch.zeros(0, dtype=torch.bool)
+    for name, flags in (("is_part", is_part), ("click_on_part", click_on_part)):
+        scores[name] = torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
     scores["area"] = scenes.masks.flatten(1).float().mean(1)
     return scores
 
@@ -444,10 +453,10 @@ def evaluate(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -
     return {name: float(values.mean()) if len(values) else math.nan for name, values in scores.items()}
 
 
-def parts_of_nested_objects(masks: torch.Tensor) -> torch.Tensor:
-    """`(M,)` bool: which of an image's object masks `(M, S, S)` lie wholly inside another, larger one."""
+def objects_inside(masks: torch.Tensor) -> torch.Tensor:
+    """`(M, M)` bool for an image's object masks `(M, S, S)`: `[i, j]` when object i lies wholly inside the larger
+    object j (i is a part of the nested whole j)."""
     flat = masks.flatten(1).float()  # (M, S*S)
     overlap = flat @ flat.T  # (M, M): shared pixels
     areas = flat.sum(1)
-    inside = (overlap == areas.unsqueeze(1)) & (areas.unsqueeze(1) < areas.unsqueeze(0))  # [i, j]: i within j
-    return inside.any(dim=1)
+    return (overlap == areas.unsqueeze(1)) & (areas.unsqueeze(1) < areas.unsqueeze(0))
