@@ -264,6 +264,16 @@ def test_parts_are_the_objects_inside_a_larger_one():
     assert inside[1].tolist() == [True, False, False, False]  # the part lies inside the whole only
 
 
+def test_scenes_rendered_in_several_processes_are_the_serial_ones():
+    serial = recipe.Scenes("generic", "train", 5, 64, 0)
+    parallel = recipe.Scenes("generic", "train", 5, 64, 0, num_workers=2)
+    assert torch.equal(parallel.images, serial.images) and torch.equal(parallel.masks, serial.masks)
+    assert torch.equal(parallel.first_object, serial.first_object) and parallel.sample_ids == serial.sample_ids
+    assert len(serial.masks) > 5 and serial.images.shape == (5, 3, 64, 64)  # several objects per image
+    empty = recipe.Scenes("generic", "test", 0, 64, 0, num_workers=2)
+    assert empty.images.shape == (0, 3, 64, 64) and empty.masks.shape == (0, 64, 64) and len(empty) == 0
+
+
 def test_a_click_on_a_part_of_a_whole_is_flagged_on_the_whole():
     """The evaluation's click of a whole that lands on one of its parts is counted apart: the click alone cannot say
     whether the part or the whole is meant, so a wrong own choice there is not a wrong mask."""

@@ -206,10 +206,11 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
     trainer_state["stages"].append(stage)
 
     render_start = time.monotonic()
-    train = [Scenes(task, "train", count, config.image_size, config.data_seed)
+    # Rendered in `num_threads` processes: the stage's cores, idle until training starts.
+    train = [Scenes(task, "train", count, config.image_size, config.data_seed, config.num_threads)
              for task, count in zip(config.tasks, config.num_train, strict=True)]  # fmt: skip
-    validation = [Scenes(task, "validation", config.num_validation, config.image_size, config.data_seed)
-                  for task in config.tasks]  # fmt: skip
+    validation = [Scenes(task, "validation", config.num_validation, config.image_size, config.data_seed,
+                         config.num_threads) for task in config.tasks]  # fmt: skip
     logger.info(
         f"rendered {[len(bank) for bank in train]} train and {[len(bank) for bank in validation]} validation images "
         f"of {config.tasks} in {time.monotonic() - render_start:.0f} s"
