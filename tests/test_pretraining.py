@@ -2,10 +2,14 @@
 
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,10 @@ from sam_prompt_learner.pretraining import (
     sampling,
 )
 from sam_prompt_learner.pretraining.runner import resume_config
+from sam_prompt_learner.pretraining.scenes import render_scenes
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.fixture
@@ -265,12 +271,14 @@ def test_parts_are_the_objects_inside_a_larger_one():
 
 
 def test_scenes_rendered_in_several_processes_are_the_serial_ones():
-    serial = recipe.Scenes("generic", "train", 5, 64, 0)
-    parallel = recipe.Scenes("generic", "train", 5, 64, 0, num_workers=2)
-    assert torch.equal(parallel.images, serial.images) and torch.equal(parallel.masks, serial.masks)
-    assert torch.equal(parallel.first_object, serial.first_object) and parallel.sample_ids == serial.sample_ids
-    assert len(serial.masks) > 5 and serial.images.shape == (5, 3, 64, 64)  # several objects per image
-    empty = recipe.Scenes("generic", "test", 0, 64, 0, num_workers=2)
+    requests = [("generic", "train", 5), ("simple", "validation", 1), ("generic", "test", 0)]
+    for serial, parallel in zip([recipe.Scenes(*request, 64, 0) for request in requests],
+                                render_scenes(requests, 64, 0, num_workers=2), strict=True):  # fmt: skip
+        assert parallel.task == serial.task and parallel.sample_ids == serial.sample_ids
+        assert torch.equal(parallel.images, serial.images) and torch.equal(parallel.masks, serial.masks)
+        assert torch.equal(parallel.first_object, serial.first_object)
+    generic, empty = recipe.Scenes(*requests[0], 64, 0), recipe.Scenes(*requests[2], 64, 0)
+    assert len(generic.masks) > 5 and generic.images.shape == (5, 3, 64, 64)  # several objects per image
     assert empty.images.shape == (0, 3, 64, 64) and empty.masks.shape == (0, 64, 64) and len(empty) == 0
 
 
@@ -314,6 +322,34 @@ def test_the_command_line_takes_config_fields_and_a_bf16_stage(tmp_path):
     first, second = (_weights(latest_state_dir(tmp_path / run)) for run in ("fp32", "bf16"))
     key = "mask_decoder.iou_token.weight"
     assert torch.isfinite(second[key]).all() and not torch.equal(first[key], second[key])
+
+
+def test_the_device_stage_script_packs_a_run_that_resumes_here(tmp_path):
+    """`tools/device/pretrain_stage.sh` (a stage on a lent GPU), run on this CPU: the run comes back as tar parts in
+    $OUT and, unpacked, continues with `--resume`; a second call on the same directory resumes instead of starting."""
+    out, back = tmp_path / "out", tmp_path / "back"
+    out.mkdir(), back.mkdir()
+    config = tiny_config()
+    flags = [f"--{name}={value}" for name in ("image_size", "vision_hidden_size", "vision_layers", "vision_heads",
+             "decoder_hidden_size", "batch_size", "prompts_per_image", "num_validation", "warmup_steps",
+             "curriculum_steps", "eval_every_steps") for value in [getattr(config, name)]]  # fmt: skip
+    env = {**os.environ, "OUT": str(out), "PRETRAIN_DEVICE": "cpu", "PYTHON": sys.executable, "PRETRAIN_THREADS": "1",
+           "WHEELS": str(tmp_path / "no-wheels")}  # fmt: skip
+    script = ["bash", str(ROOT / "tools" / "device" / "pretrain_stage.sh"), str(tmp_path / "run" / "tiny")]
+    subprocess.run([*script, "5", "--num_train", "6", "6", "--stop_after_steps", "2", *flags], cwd=ROOT, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    parts = sorted(out.glob("run.tar.part-*"))
+    assert parts and all(part.stat().st_size <= 15 * 2**20 for part in parts)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(part.read_bytes() for part in parts))) as archive:
+        archive.extractall(back, filter="data")
+    assert latest_state_dir(back / "tiny").name == "state-0000002" and (back / "tiny" / "best").is_dir()
+    assert len(list((back / "tiny").glob("log-cpu-*.txt"))) == 1
+    assert pretrain(back / "tiny", stop_after_steps=3)["step"] == 3
+    for part in parts:
+        part.unlink()
+    result = subprocess.run([*script, "5", "--stop_after_steps", "4"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert "resumed" in result.stdout and latest_state_dir(tmp_path / "run" / "tiny").name == "state-0000004"
 
 
 def test_sigterm_stops_after_the_current_step_with_the_state_saved(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ from transformers import SamModel
 
 from ..processing import processor_for_config
 from .recipe import STAGE_FIELDS, PretrainingConfig, evaluate, init_model, learning_rate_factor, training_step
-from .scenes import Scenes
+from .scenes import render_scenes
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +207,10 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
 
     render_start = time.monotonic()
     # Rendered in `num_threads` processes: the stage's cores, idle until training starts.
-    train = [Scenes(task, "train", count, config.image_size, config.data_seed, config.num_threads)
-             for task, count in zip(config.tasks, config.num_train, strict=True)]  # fmt: skip
-    validation = [Scenes(task, "validation", config.num_validation, config.image_size, config.data_seed,
-                         config.num_threads) for task in config.tasks]  # fmt: skip
+    requests = [(task, "train", count) for task, count in zip(config.tasks, config.num_train, strict=True)]
+    requests += [(task, "validation", config.num_validation) for task in config.tasks]
+    banks = render_scenes(requests, config.image_size, config.data_seed, config.num_threads)
+    train, validation = banks[: len(config.tasks)], banks[len(config.tasks) :]
     logger.info(
         f"rendered {[len(bank) for bank in train]} train and {[len(bank) for bank in validation]} validation images "
         f"of {config.tasks} in {time.monotonic() - render_start:.0f} s"
