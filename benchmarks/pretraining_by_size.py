@@ -46,8 +46,12 @@ def breakdown(per_object: dict[str, torch.Tensor]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", required=True,
-                        help="Plain `sam` checkpoint directories, each optionally as `LABEL=DIRECTORY`.")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        help="Plain `sam` checkpoint directories, each optionally as `LABEL=DIRECTORY`.",
+    )
     parser.add_argument("--task", default="generic")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--num_images", type=int, default=200, help="The first rows of the split (the loop's 200).")
