@@ -347,7 +347,8 @@ def test_the_device_stage_script_packs_a_run_that_resumes_here(tmp_path):
     assert pretrain(back / "tiny", stop_after_steps=3)["step"] == 3
     for part in parts:
         part.unlink()
-    result = subprocess.run([*script, "5", "--stop_after_steps", "4"], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run([*script, "5", "--stop_after_steps", "4"], cwd=ROOT, env=env, capture_output=True,
+                            text=True)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
     assert "resumed" in result.stdout and latest_state_dir(tmp_path / "run" / "tiny").name == "state-0000004"
 
