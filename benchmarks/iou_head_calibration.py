@@ -1,0 +1,92 @@
+"""Can the IoU head alone close a pre-trained tiny SAM's gap between its own mask choice and its best of three?
+
+Everything but `mask_decoder.iou_prediction_head` is frozen; the head trains on one-click prompts (three masks each)
+against each mask's actual IoU on the logit grid, by MSE plus `--ranking_weight` times the ranking hinge of the
+pre-training (`iou_ranking_loss`), on the pre-training's train scenes (the batch mix past its curriculum). Validation
+scores (`sam_prompt_learner.pretraining.evaluate`, as `sam-prompt-learner evaluate` reports them) before and after:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/iou_head_calibration.py \
+        --model src/sam_prompt_learner/pretrained/tiny-sam --steps 1000 --ranking_weight 1 \
+        --output benchmarks/results/pretraining/iou_head_calibration-ranking1.json
+
+Only the choice among the three masks can change: best of 3 and box stay as they were.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import SamModel
+
+from sam_prompt_learner import processor_for_config
+from sam_prompt_learner.metrics import mask_iou
+from sam_prompt_learner.pretraining import PretrainingConfig, evaluate
+from sam_prompt_learner.pretraining.recipe import iou_ranking_loss, normalize_images, sample_batch
+from sam_prompt_learner.pretraining.sampling import sample_mask_pixels
+from sam_prompt_learner.pretraining.scenes import render_scenes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="A plain `sam` checkpoint directory.")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--ranking_weight", type=float, default=1.0)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--batch_size", type=int, default=32, help="Images per step, two clicked objects each.")
+    parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.num_threads)
+
+    model = SamModel.from_pretrained(args.model)
+    processor = processor_for_config(model.config)
+    image_size = model.config.vision_config.image_size
+    config = PretrainingConfig(batch_size=args.batch_size, prompts_per_image=2)
+    train = render_scenes([("simple", "train", 2000), ("generic", "train", 4000)], image_size, 0, 2)
+    validation = render_scenes([("simple", "validation", 200), ("generic", "validation", 200)], image_size, 0, 2)
+
+    def scores() -> dict:
+        return {bank.task: {k: round(v, 4) for k, v in evaluate(model, bank, processor).items()} for bank in validation}
+
+    before = scores()
+    print("before", json.dumps(before), flush=True)
+    model.requires_grad_(False)
+    head = model.mask_decoder.iou_prediction_head
+    head.requires_grad_(True)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(args.seed)
+    logits_size = 4 * model.config.prompt_encoder_config.image_embedding_size
+    prompts, start = config.prompts_per_image, time.time()
+    for step in range(args.steps):
+        images, masks = sample_batch(train, 10**6, config, generator)  # past the curriculum's ramp
+        clicked = masks[:, :prompts].flatten(0, 1)  # (B*P, S, S)
+        targets = F.adaptive_avg_pool2d(clicked.float().unsqueeze(1), logits_size)[:, 0] > 0.5  # (B*P, 4E, 4E)
+        with torch.no_grad():
+            embeddings = model.get_image_embeddings(normalize_images(images, processor))
+        clicks = sample_mask_pixels(clicked, 1, generator).view(args.batch_size, prompts, 1, 2)
+        labels = torch.ones(args.batch_size, prompts, 1, dtype=torch.int64)
+        outputs = model(image_embeddings=embeddings, input_points=clicks, input_labels=labels, multimask_output=True)
+        logits = outputs.pred_masks.flatten(0, 1).float()  # (B*P, 3, 4E, 4E)
+        predicted = outputs.iou_scores.flatten(0, 1).float()  # (B*P, 3)
+        with torch.no_grad():
+            actual = mask_iou((logits > 0).flatten(0, 1), targets.repeat_interleave(3, 0)).float().view(-1, 3)
+        loss = (predicted - actual).square().mean() + args.ranking_weight * iou_ranking_loss(predicted, actual).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % 100 == 0:
+            print(f"step {step + 1} loss {loss.item():.4f} ({(time.time() - start) / 60:.1f} min)", flush=True)
+    after = scores()
+    print("after", json.dumps(after), flush=True)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+                                           "before": before, "after": after}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
