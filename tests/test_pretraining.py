@@ -282,6 +282,23 @@ def test_scenes_rendered_in_several_processes_are_the_serial_ones():
     assert empty.images.shape == (0, 3, 64, 64) and empty.masks.shape == (0, 64, 64) and len(empty) == 0
 
 
+def test_a_script_without_a_main_guard_renders_in_one_process_with_a_warning(tmp_path):
+    """Spawned workers re-run a script's top level; without `if __name__ == "__main__":` the pool breaks, and the
+    scenes are rendered here instead of the run failing."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import logging, torch\n"
+        "from sam_prompt_learner.pretraining.scenes import Scenes, render_scenes\n"
+        "logging.basicConfig()\n"
+        "scenes = render_scenes([('simple', 'train', 2)], 64, 0, num_workers=2)[0]\n"
+        "assert torch.equal(scenes.images, Scenes('simple', 'train', 2, 64, 0).images)\n"
+        "print('rendered', len(scenes))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "rendered 2" in result.stdout and "__main__" in result.stderr
+
+
 def test_a_click_on_a_part_of_a_whole_is_flagged_on_the_whole():
     """The evaluation's click of a whole that lands on one of its parts is counted apart: the click alone cannot say
     whether the part or the whole is meant, so a wrong own choice there is not a wrong mask."""

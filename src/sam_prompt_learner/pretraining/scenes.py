@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import torch
 
 from ..data.synthetic import generate_scene
+
+logger = logging.getLogger(__name__)
 
 
 class Scenes:
@@ -53,13 +57,20 @@ def render_scenes(
     """
     jobs = [(index, task, split, start, stop) for index, (task, split, count) in enumerate(requests)
             for start, stop in _chunks(count, num_workers)]  # fmt: skip
+    parts = None
     if num_workers > 1:
-        # "spawn": the parent holds torch's thread pools, which a forked child must not inherit.
-        with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_render_rows, task, split, start, stop, image_size, seed)
-                       for _, task, split, start, stop in jobs]  # fmt: skip
-            parts = [future.result() for future in futures]
-    else:
+        try:
+            # "spawn": the parent holds torch's thread pools, which a forked child must not inherit.
+            with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(_render_rows, task, split, start, stop, image_size, seed)
+                           for _, task, split, start, stop in jobs]  # fmt: skip
+                parts = [future.result() for future in futures]
+        except BrokenProcessPool:
+            logger.warning(
+                "Rendering in worker processes failed (a script that starts pre-training needs an "
+                "`if __name__ == '__main__':` guard for them); rendering in this process instead."
+            )
+    if parts is None:
         parts = [_render_rows(task, split, start, stop, image_size, seed) for _, task, split, start, stop in jobs]
     scenes = []
     for index, (task, split, count) in enumerate(requests):
