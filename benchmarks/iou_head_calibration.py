@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from transformers import SamModel
 
 from sam_prompt_learner import processor_for_config
-from sam_prompt_learner.metrics import mask_iou
 from sam_prompt_learner.pretraining import PretrainingConfig, evaluate
-from sam_prompt_learner.pretraining.recipe import iou_ranking_loss, normalize_images, sample_batch
+from sam_prompt_learner.pretraining.recipe import decode, normalize_images, sample_batch
 from sam_prompt_learner.pretraining.sampling import sample_mask_pixels
 from sam_prompt_learner.pretraining.scenes import render_scenes
 
@@ -64,17 +63,15 @@ def main() -> None:
     for step in range(args.steps):
         images, masks = sample_batch(train, 10**6, config, generator)  # past the curriculum's ramp
         clicked = masks[:, :prompts].flatten(0, 1)  # (B*P, S, S)
-        targets = F.adaptive_avg_pool2d(clicked.float().unsqueeze(1), logits_size)[:, 0] > 0.5  # (B*P, 4E, 4E)
+        targets = F.adaptive_avg_pool2d(clicked.float().unsqueeze(1), logits_size)
+        targets = targets.view(args.batch_size, prompts, logits_size, logits_size)
         with torch.no_grad():
             embeddings = model.get_image_embeddings(normalize_images(images, processor))
         clicks = sample_mask_pixels(clicked, 1, generator).view(args.batch_size, prompts, 1, 2)
         labels = torch.ones(args.batch_size, prompts, 1, dtype=torch.int64)
-        outputs = model(image_embeddings=embeddings, input_points=clicks, input_labels=labels, multimask_output=True)
-        logits = outputs.pred_masks.flatten(0, 1).float()  # (B*P, 3, 4E, 4E)
-        predicted = outputs.iou_scores.flatten(0, 1).float()  # (B*P, 3)
-        with torch.no_grad():
-            actual = mask_iou((logits > 0).flatten(0, 1), targets.repeat_interleave(3, 0)).float().view(-1, 3)
-        loss = (predicted - actual).square().mean() + args.ranking_weight * iou_ranking_loss(predicted, actual).mean()
+        # The pre-training's own scoring of a click: MSE of the IoU head and the ranking hinge, per prompt.
+        losses = decode(model, embeddings, targets, multimask_output=True, input_points=clicks, input_labels=labels)
+        loss = losses["iou"].mean() + args.ranking_weight * losses["ranking"].mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

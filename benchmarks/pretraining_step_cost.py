@@ -37,8 +37,8 @@ GEOMETRIES = {
 }
 
 
-def time_steps(config: PretrainingConfig, banks, device: str, bf16: bool, warmup: int, steps: int) -> float:
-    """Mean wall seconds of one optimisation step after `warmup` untimed ones."""
+def time_steps(config: PretrainingConfig, banks, device: str, bf16: bool, warmup: int, steps: int) -> tuple[float, int]:
+    """Mean wall seconds of one optimisation step after `warmup` untimed ones, and the model's parameter count."""
     model = init_model(config).to(device)
     processor = processor_for_config(model.config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -57,7 +57,7 @@ def time_steps(config: PretrainingConfig, banks, device: str, bf16: bool, warmup
         optimizer.step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
@@ -83,8 +83,9 @@ def main() -> None:
                 requests = [(task, "train", args.num_images) for task in config.tasks]
                 banks_by_size[config.image_size] = render_scenes(requests, config.image_size, config.data_seed)
             steps = max(2, args.steps // 4) if config.patch_size < 8 else args.steps
-            seconds = time_steps(config, banks_by_size[config.image_size], args.device, args.bf16, args.warmup, steps)
-            parameters = sum(p.numel() for p in init_model(config).parameters())
+            seconds, parameters = time_steps(
+                config, banks_by_size[config.image_size], args.device, args.bf16, args.warmup, steps
+            )
             rows.append({"geometry": name, "changes": GEOMETRIES[name], "batch_size": batch_size,
                          "parameters": parameters, "timed_steps": steps, "seconds_per_step": round(seconds, 4),
                          "steps_per_minute": round(60 / seconds, 1)})  # fmt: skip
