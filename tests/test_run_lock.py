@@ -7,24 +7,30 @@ import sys
 
 import pytest
 
+from sam_prompt_learner import run_lock
 from sam_prompt_learner.run_lock import LOCK_NAME, DirectoryInUseError, clear_output_dir, lock_directory
 
+# The module is loaded from its file: importing the package would load torch and transformers for a lock.
 TRY_LOCK = """
-import sys
-from sam_prompt_learner.run_lock import DirectoryInUseError, lock_directory
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("run_lock", sys.argv[1])
+run_lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run_lock)
 try:
-    lock_directory(sys.argv[1])
-except DirectoryInUseError as error:
+    run_lock.lock_directory(sys.argv[2])
+except run_lock.DirectoryInUseError as error:
     print(error)
     sys.exit(3)
 print("locked", flush=True)
-if len(sys.argv) > 2:
+if len(sys.argv) > 3:
     sys.stdin.read()  # hold the lock until killed
 """
 
 
 def try_lock(directory):
-    return subprocess.run([sys.executable, "-c", TRY_LOCK, str(directory)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", TRY_LOCK, run_lock.__file__, str(directory)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_a_second_process_is_refused_until_the_first_releases_the_lock(tmp_path):
@@ -39,7 +45,7 @@ def test_a_second_process_is_refused_until_the_first_releases_the_lock(tmp_path)
 
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", TRY_LOCK, str(tmp_path / "out"), "hold"],
+        [sys.executable, "-c", TRY_LOCK, run_lock.__file__, str(tmp_path / "out"), "hold"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout.readline().strip() == "locked"

@@ -1,5 +1,6 @@
 """End-to-end runs of examples/train.py on a tiny SAM and tiny synthetic data, as subprocesses (as users run it)."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -40,6 +41,14 @@ def train_args(base_sam, cache_dir, output_dir, *extra):
         "--max_eval_samples", "16", "--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
         "--num_grid_examples", "2", *extra,
     ]  # fmt: skip
+
+
+def train_script():
+    """examples/train.py imported as a module, for what needs no subprocess."""
+    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(args, launcher=(sys.executable,), timeout=300, check=True, env=None):
@@ -94,7 +103,7 @@ def test_training_beats_zero_shot_and_writes_loadable_outputs(base_sam, cache_di
 
 
 def test_killed_run_resumes_to_the_same_weights(base_sam, cache_dir, tmp_path):
-    common = ["--max_train_steps", "200", "--checkpointing_steps", "10", "--eval_steps", "200", "--learning_rate",
+    common = ["--max_train_steps", "60", "--checkpointing_steps", "10", "--eval_steps", "60", "--learning_rate",
               "3e-3", "--trainable", "prompt_learner", "point_matching_head", "mask_decoder"]  # fmt: skip
     reference = tmp_path / "uninterrupted"
     run(train_args(base_sam, cache_dir, reference, *common))
@@ -168,16 +177,24 @@ def test_lora_run_saves_a_merged_model_and_the_adapter_and_a_failed_push_keeps_t
         (["--learning_rate", "0"], "--learning_rate must be > 0"),
         (["--validation_split_percentage", "100"], "--validation_split_percentage must be in [0, 100)"),
         (["--num_positive_points", "3", "1"], "num_positive_points"),
-        (["--eval_split", "dev"], "Split 'dev' not found"),
-        (["--image_column", "picture"], "picture"),
         (["--config_overrides", "hidden_size=3"], "is not 'field=value'"),
         (["--config_overrides", "focal_loss_weight=-1"], "focal_loss_weight"),
     ],
 )
-def test_bad_flags_fail_fast_with_a_clear_message(base_sam, cache_dir, tmp_path, extra, message):
+def test_bad_flags_are_refused_by_the_argument_parser(base_sam, cache_dir, tmp_path, capsys, extra, message):
+    # In this process: the parser is what refuses them (the subprocess tests below cover the exit of a real run).
+    with pytest.raises(SystemExit) as exit_info:
+        train_script().parse_args(train_args(base_sam, cache_dir, tmp_path / "bad", *extra))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message", [(["--eval_split", "dev"], "Split 'dev' not found"), (["--image_column", "picture"], "picture")]
+)
+def test_bad_data_flags_fail_fast_with_a_clear_message(base_sam, cache_dir, tmp_path, extra, message):
     result = run(train_args(base_sam, cache_dir, tmp_path / "bad", "--synthetic_num_train", "2", *extra), check=False)
     assert result.returncode != 0
-    assert message in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
