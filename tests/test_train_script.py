@@ -102,8 +102,8 @@ def test_training_beats_zero_shot_and_writes_loadable_outputs(base_sam, cache_di
     assert all((adapted_weights[k] == v).all() for k, v in base.items() if k.startswith("vision_encoder."))
 
 
-def test_killed_run_resumes_to_the_same_weights(base_sam, cache_dir, tmp_path):
-    common = ["--max_train_steps", "60", "--checkpointing_steps", "10", "--eval_steps", "60", "--learning_rate",
+def test_killed_run_resumes_to_the_same_weights_and_evaluations(base_sam, cache_dir, tmp_path):
+    common = ["--max_train_steps", "60", "--checkpointing_steps", "10", "--eval_steps", "10", "--learning_rate",
               "3e-3", "--trainable", "prompt_learner", "point_matching_head", "mask_decoder"]  # fmt: skip
     reference = tmp_path / "uninterrupted"
     run(train_args(base_sam, cache_dir, reference, *common))
@@ -126,6 +126,11 @@ def test_killed_run_resumes_to_the_same_weights(base_sam, cache_dir, tmp_path):
         assert checkpoint.name.startswith(".tmp-") or (checkpoint / "training_state.json").is_file()
 
     run(train_args(base_sam, cache_dir, interrupted, *common, "--resume_from_checkpoint", "latest"))
+    # The evaluations before the resume point come back from the checkpoint; those after it are the same again.
+    history = [json.loads((run_dir / "metrics.json").read_text())["adapted"]["history"]
+               for run_dir in (reference, interrupted)]  # fmt: skip
+    assert [point["step"] for point in history[1]] == [0, 10, 20, 30, 40, 50, 60]
+    assert history[1] == history[0]
     expected = load_file(reference / "model.safetensors")
     resumed = load_file(interrupted / "model.safetensors")
     assert expected.keys() == resumed.keys()
@@ -223,19 +228,6 @@ def test_a_split_without_usable_images_stops_after_the_data_check_with_its_summa
     assert "Split 'train' has no usable image" in result.stderr
     assert "skipped 4 objects: empty_mask" in result.stderr and "Traceback" not in result.stderr
     assert "Caching" not in result.stderr and not (tmp_path / "out" / "checkpoints").exists()
-
-
-def test_a_resumed_run_keeps_the_evaluations_before_the_resume_point(base_sam, cache_dir, tmp_path):
-    output_dir = tmp_path / "run"
-    common = ["--max_train_steps", "20", "--eval_steps", "5", "--checkpointing_steps", "10"]
-    run(train_args(base_sam, cache_dir, output_dir, *common))
-    uninterrupted = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
-    # The finished run keeps its step-10 checkpoint (none is written at the last step): resume from it.
-    (output_dir / "metrics.json").unlink()
-    run(train_args(base_sam, cache_dir, output_dir, *common, "--resume_from_checkpoint", "latest"))
-    resumed = json.loads((output_dir / "metrics.json").read_text())["adapted"]["history"]
-    assert [entry["step"] for entry in resumed] == [0, 5, 10, 15, 20]
-    assert resumed == uninterrupted
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_loss_terms(base_sam, cache_dir, tmp_path):
