@@ -4,8 +4,10 @@ import dataclasses
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,14 +198,24 @@ def _weights(state_dir) -> dict[str, torch.Tensor]:
     return load_file(str(state_dir / "model.safetensors"))
 
 
-def test_a_stopped_and_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tmp_path):
-    config = tiny_config(stop_after_steps=6)
+def _logged_losses(caplog) -> dict[int, float]:
+    lines = (re.match(r"step (\d+) loss ([\d.]+)", record.getMessage()) for record in caplog.records)
+    return {int(line[1]): float(line[2]) for line in lines if line}
+
+
+def test_a_stopped_and_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sam_prompt_learner")
+    config = tiny_config(stop_after_steps=6, log_every=1)
     uninterrupted = pretrain(tmp_path / "whole", config)
+    every_step = _logged_losses(caplog)
     pretrain(tmp_path / "staged", dataclasses.replace(config, stop_after_steps=2))
     assert latest_state_dir(tmp_path / "staged").name == "state-0000002"
-    # A stage may change how it logs (threads too, but float sums then differ in the last bits).
-    resumed = pretrain(tmp_path / "staged", stop_after_steps=4, log_every=1)
-    resumed = pretrain(tmp_path / "staged", stop_after_steps=6)
+    resumed = pretrain(tmp_path / "staged", stop_after_steps=4)
+    caplog.clear()
+    # A stage may change how it logs (threads too, but float sums then differ in the last bits). This one's single
+    # line, at step 6, is the mean over the two steps it ran, not their sum over `log_every`.
+    resumed = pretrain(tmp_path / "staged", stop_after_steps=6, log_every=3)
+    assert _logged_losses(caplog) == {6: pytest.approx((every_step[5] + every_step[6]) / 2, abs=2e-4)}
     whole, staged = _weights(latest_state_dir(tmp_path / "whole")), _weights(latest_state_dir(tmp_path / "staged"))
     assert whole.keys() == staged.keys() and all(torch.equal(whole[key], staged[key]) for key in whole)
     other = pretrain(tmp_path / "other_seed", dataclasses.replace(config, seed=1))

@@ -242,7 +242,8 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
     terminated = []
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    last_checkpoint, running = time.monotonic(), {}
+    # Loss sums since the last log line, which a resumed stage may print after fewer than `log_every` steps.
+    last_checkpoint, running, running_steps = time.monotonic(), {}, 0
     model.train()
     while True:
         step = trainer_state["step"]
@@ -278,11 +279,12 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
         optimizer.step()
         trainer_state["step"] = step = step + 1
         for name, value in losses.items():
-            running[name] = running.get(name, 0.0) + value.item() / config.log_every
+            running[name] = running.get(name, 0.0) + value.item()
+        running_steps += 1
         if step % config.log_every == 0:
-            summary = " ".join(f"{name} {value:.4f}" for name, value in running.items())
+            summary = " ".join(f"{name} {total / running_steps:.4f}" for name, total in running.items())
             logger.info(f"step {step} {summary} lr {optimizer.param_groups[0]['lr']:.2e} ({stage_minutes():.1f} min)")
-            running = {}
+            running, running_steps = {}, 0
         if step % config.eval_every_steps == 0:
             run_evaluation()
         if (time.monotonic() - last_checkpoint) / 60 >= config.checkpoint_minutes and not terminated:
