@@ -20,16 +20,14 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import SamModel
 
 from sam_prompt_learner import processor_for_config
-from sam_prompt_learner.data.prompts import PromptConfig, prompt_rng, sample_object_prompts
 from sam_prompt_learner.metrics import mask_iou
 from sam_prompt_learner.pretraining import Scenes
-from sam_prompt_learner.pretraining.recipe import normalize_images, objects_inside
+from sam_prompt_learner.pretraining.recipe import evaluation_prompts, nesting_flags, normalize_images
 
 # SAM's automatic mask generator's default `stability_score_offset`.
 STABILITY_OFFSET = 1.0
@@ -47,7 +45,6 @@ def mask_records(model: SamModel, scenes: Scenes, processor, batch_size: int = 3
     """Per object: the IoU, predicted IoU and stability score of each of the three click masks `(N, 3)`, and the
     `is_part` / `click_on_part` flags `(N,)` of `sam_prompt_learner.pretraining.object_ious`."""
     model.eval()
-    config = PromptConfig(point_placement="interior")
     image_size = scenes.images.shape[-1]
     records: dict[str, list[torch.Tensor]] = {name: [] for name in ("iou", "predicted_iou", "stability")}
     records.update(is_part=[], click_on_part=[])
@@ -56,12 +53,7 @@ def mask_records(model: SamModel, scenes: Scenes, processor, batch_size: int = 3
         embeddings = model.get_image_embeddings(normalize_images(scenes.images[start:stop], processor))
         for offset, image_index in enumerate(range(start, stop)):
             masks = scenes.object_masks(image_index)  # (M, S, S)
-            sample_id = scenes.sample_ids[image_index]
-            prompts = [
-                sample_object_prompts(mask.numpy(), config, prompt_rng(sample_id, index))
-                for index, mask in enumerate(masks)
-            ]
-            points = torch.tensor(np.stack([prompt.points for prompt in prompts]), dtype=torch.float32)  # (M, 1, 2)
+            points, _ = evaluation_prompts(masks, scenes.sample_ids[image_index])  # (M, 1, 2)
             outputs = model(
                 image_embeddings=embeddings[offset : offset + 1], input_points=points[None], multimask_output=True
             )
@@ -70,10 +62,9 @@ def mask_records(model: SamModel, scenes: Scenes, processor, batch_size: int = 3
             records["iou"].append(torch.stack([mask_iou(upsampled[:, k], masks) for k in range(3)], dim=1))
             records["predicted_iou"].append(outputs.iou_scores[0].float())
             records["stability"].append(stability_scores(logits))
-            inside = objects_inside(masks)  # (M, M) [i, j]: object i lies inside object j
-            records["is_part"].append(inside.any(dim=1))
-            clicked = masks[:, points[:, 0, 1].long(), points[:, 0, 0].long()].T  # [i, j]: i's click on j
-            records["click_on_part"].append((clicked & inside.T).any(dim=1))
+            is_part, click_on_part = nesting_flags(masks, points)
+            records["is_part"].append(is_part)
+            records["click_on_part"].append(click_on_part)
     return {name: torch.cat(values) for name, values in records.items()}
 
 

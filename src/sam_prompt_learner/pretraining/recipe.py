@@ -376,6 +376,24 @@ def training_step(
     }
 
 
+def evaluation_prompts(masks: torch.Tensor, sample_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts `sam-prompt-learner evaluate` gives the objects `masks` `(M, S, S)` of one image: a click drawn from
+    each object's interior (`prompt_rng(sample_id, object index)`), `(M, 1, 2)`, and its tight box, `(M, 4)`."""
+    config = PromptConfig(point_placement="interior")
+    prompts = [sample_object_prompts(mask.numpy(), config, prompt_rng(sample_id, i)) for i, mask in enumerate(masks)]
+    points = torch.tensor(np.stack([prompt.points for prompt in prompts]), dtype=torch.float32)
+    boxes = torch.tensor(np.stack([prompt.box for prompt in prompts]), dtype=torch.float32)
+    return points, boxes
+
+
+def nesting_flags(masks: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(M,)` bool each: `is_part` (the object lies inside another of its image) and `click_on_part` (the object is a
+    whole whose click, `points` `(M, 1, 2)`, landed on one of its parts; the click alone cannot tell them apart)."""
+    inside = objects_inside(masks)  # (M, M) [i, j]: object i lies inside object j
+    clicked = masks[:, points[:, 0, 1].long(), points[:, 0, 0].long()].T  # (M, M) [i, j]: object i's click on j
+    return inside.any(dim=1), (clicked & inside.T).any(dim=1)
+
+
 @torch.no_grad()
 def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Per-object IoUs `(num_objects,)` over every object of `scenes`, with the prompts `sam-prompt-learner evaluate`
@@ -392,7 +410,6 @@ def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32
     """
     was_training, device = model.training, model.device
     model.eval()
-    prompt_config = PromptConfig(point_placement="interior")
     image_size = scenes.images.shape[-1]
     ious: dict[str, list[torch.Tensor]] = {"click_own": [], "click_best_of_3": [], "box": []}
     is_part: list[torch.Tensor] = []
@@ -403,13 +420,7 @@ def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32
         embeddings = model.get_image_embeddings(pixel_values)
         for batch_index, image_index in enumerate(indices):
             masks = scenes.object_masks(image_index)  # (M, S, S)
-            sample_id = scenes.sample_ids[image_index]
-            prompts = [
-                sample_object_prompts(mask.numpy(), prompt_config, prompt_rng(sample_id, object_index))
-                for object_index, mask in enumerate(masks)
-            ]
-            points = torch.tensor(np.stack([prompt.points for prompt in prompts]), dtype=torch.float32)  # (M, 1, 2)
-            boxes = torch.tensor(np.stack([prompt.box for prompt in prompts]), dtype=torch.float32)  # (M, 4)
+            points, boxes = evaluation_prompts(masks, scenes.sample_ids[image_index])
             embedding = embeddings[batch_index : batch_index + 1]
             click_outputs = model(
                 image_embeddings=embedding, input_points=points[None].to(device), multimask_output=True
@@ -426,12 +437,9 @@ def object_ious(model: SamModel, scenes: Scenes, processor, batch_size: int = 32
             for name, logits in chosen.items():
                 upsampled = F.interpolate(logits[0].unsqueeze(1), size=image_size, mode="bilinear")[:, 0]  # (M, S, S)
                 ious[name].append(mask_iou(upsampled > 0, masks))
-            inside = objects_inside(masks)  # (M, M)
-            is_part.append(inside.any(dim=1))
-            # (M, M) [i, j]: object i's click falls on object j; a whole's click on its part is ambiguous.
-            columns, rows = points[:, 0, 0].long(), points[:, 0, 1].long()
-            clicked = masks[:, rows, columns].T
-            click_on_part.append((clicked & inside.T).any(dim=1))
+            part, on_part = nesting_flags(masks, points)
+            is_part.append(part)
+            click_on_part.append(on_part)
     model.train(was_training)
     scores = {name: torch.cat(values) if values else torch.zeros(0) for name, values in ious.items()}
     for name, flags in (("is_part", is_part), ("click_on_part", click_on_part)):
