@@ -32,11 +32,10 @@ from pathlib import Path
 from sam_prompt_learner.pretraining import (
     STAGE_FIELDS,
     PretrainingConfig,
-    latest_state_dir,
     plot_learning_curves,
     pretrain,
+    stored_config,
 )
-from sam_prompt_learner.pretraining.runner import TRAINER_STATE_NAME
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
@@ -77,13 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
     if args.plot:
         history = json.loads((args.output_dir / "history.json").read_text())
-        state_dir = latest_state_dir(args.output_dir)
-        config = json.loads((state_dir / TRAINER_STATE_NAME).read_text())["config"] if state_dir else {}
         plot_learning_curves(
             history,
             args.output_dir / "learning_curves.png",
             title=str(args.output_dir),
-            cooldown_start_step=config.get("cooldown_start_step"),
+            cooldown_start_step=stored_config(args.output_dir).get("cooldown_start_step"),
         )
         return
     if args.resume:

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from sam_prompt_learner.pretraining import (
     recipe,
     runner,
     sampling,
+    stored_config,
 )
 from sam_prompt_learner.pretraining.runner import resume_config
 from sam_prompt_learner.pretraining.scenes import render_scenes
@@ -245,6 +247,20 @@ def test_the_cooldown_stage_ends_the_run_at_its_last_step(tmp_path):
     state = pretrain(tmp_path / "run", cooldown_start_step=2, cooldown_steps=3)
     assert state["step"] == 5 and state["history"][-1]["step"] == 5
     assert state["stages"][-1]["end_step"] == 5
+
+
+def test_the_stored_config_outlives_the_state_folders(tmp_path):
+    pretrain(tmp_path / "run", tiny_config(stop_after_steps=2))
+    pretrain(tmp_path / "run", cooldown_start_step=2, cooldown_steps=1)
+    assert stored_config(tmp_path / "run")["cooldown_start_step"] == 2
+    # A committed cooldown branch keeps its last trainer_state.json, best/ and history.json, not the state folder;
+    # its curves still mark where the cooldown began.
+    state_dir = latest_state_dir(tmp_path / "run")
+    shutil.move(state_dir / "trainer_state.json", tmp_path / "run" / "trainer_state.json")
+    shutil.rmtree(state_dir)
+    (tmp_path / "run" / "LATEST").unlink()
+    assert stored_config(tmp_path / "run")["cooldown_start_step"] == 2
+    assert stored_config(tmp_path / "missing") == {}
 
 
 def test_a_partial_state_is_never_loaded(tmp_path):

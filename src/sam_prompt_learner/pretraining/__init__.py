@@ -5,7 +5,7 @@ from its latest resumable state. `examples/pretrain_tiny_sam.py` is the command-
 """
 
 from .recipe import STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model, object_ious
-from .runner import latest_state_dir, plot_learning_curves, pretrain
+from .runner import latest_state_dir, plot_learning_curves, pretrain, stored_config
 from .scenes import Scenes
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "object_ious",
     "plot_learning_curves",
     "pretrain",
+    "stored_config",
 ]

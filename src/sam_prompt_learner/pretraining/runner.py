@@ -71,6 +71,14 @@ def latest_state_dir(output_dir: str | os.PathLike) -> Path | None:
     return path
 
 
+def stored_config(output_dir: str | os.PathLike) -> dict:
+    """The config a run trained with: from its latest state, else from a `trainer_state.json` beside it (what a
+    finished run keeps once its last state folder is removed, as the committed cooldown branches do), else empty."""
+    state_dir = latest_state_dir(output_dir)
+    kept = Path(output_dir) / TRAINER_STATE_NAME if state_dir is None else state_dir / TRAINER_STATE_NAME
+    return json.loads(kept.read_text())["config"] if kept.is_file() else {}
+
+
 def _replace_atomically(text: str, path: Path) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
