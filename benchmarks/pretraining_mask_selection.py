@@ -13,7 +13,9 @@ SAM's three masks is scored against the object; a rule picks one mask per click 
         --task generic --split validation --output benchmarks/results/pretraining/mask_selection-generic-validation.json
 
 Reported over all objects, wholes whose click lands off their parts, and parts of nested objects (as
-`benchmarks/pretraining_by_size.py` groups them). A measurement only: the package's own choice stays SAM's.
+`benchmarks/pretraining_by_size.py` groups them); for the last two also per mask output (`by_output`): how often each
+of the three is the best and how often the IoU head picks it, and how far its predicted IoU is from its actual IoU. A
+measurement only: the package's own choice stays SAM's.
 """
 
 import argparse
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from transformers import SamModel
 
 from sam_prompt_learner import processor_for_config
+from sam_prompt_learner.data.prompts import POINT_PLACEMENTS
 from sam_prompt_learner.metrics import mask_iou
 from sam_prompt_learner.pretraining import Scenes
 from sam_prompt_learner.pretraining.recipe import evaluation_prompts, nesting_flags, normalize_images
@@ -41,7 +44,9 @@ def stability_scores(logits: torch.Tensor, offset: float = STABILITY_OFFSET) -> 
 
 
 @torch.no_grad()
-def mask_records(model: SamModel, scenes: Scenes, processor, batch_size: int = 32) -> dict[str, torch.Tensor]:
+def mask_records(
+    model: SamModel, scenes: Scenes, processor, point_placement: str = "interior", batch_size: int = 32
+) -> dict[str, torch.Tensor]:
     """Per object: the IoU, predicted IoU and stability score of each of the three click masks `(N, 3)`, and the
     `is_part` / `click_on_part` flags `(N,)` of `sam_prompt_learner.pretraining.object_ious`."""
     model.eval()
@@ -53,7 +58,7 @@ def mask_records(model: SamModel, scenes: Scenes, processor, batch_size: int = 3
         embeddings = model.get_image_embeddings(normalize_images(scenes.images[start:stop], processor))
         for offset, image_index in enumerate(range(start, stop)):
             masks = scenes.object_masks(image_index)  # (M, S, S)
-            points, _ = evaluation_prompts(masks, scenes.sample_ids[image_index])  # (M, 1, 2)
+            points, _ = evaluation_prompts(masks, scenes.sample_ids[image_index], point_placement)  # (M, 1, 2)
             outputs = model(
                 image_embeddings=embeddings[offset : offset + 1], input_points=points[None], multimask_output=True
             )
@@ -79,6 +84,25 @@ def choices(records: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {rule: records["iou"].gather(1, scores.argmax(1, keepdim=True))[:, 0] for rule, scores in ranking.items()}
 
 
+def output_statistics(records: dict[str, torch.Tensor], selected: torch.Tensor) -> list[dict]:
+    """Per mask output (SAM's three multimask tokens) over the `selected` objects: how often it is the best of the
+    three and how often the IoU head picks it, its mean IoU and predicted IoU, and the head's mean absolute error."""
+    iou, predicted = records["iou"][selected].float(), records["predicted_iou"][selected].float()  # (N, 3)
+    best, chosen = iou.argmax(1), predicted.argmax(1)
+    return [
+        {
+            "output": k,
+            "best": round(float((best == k).float().mean()), 3),
+            "chosen": round(float((chosen == k).float().mean()), 3),
+            "chosen_when_best": round(float((chosen[best == k] == k).float().mean()), 3) if (best == k).any() else None,
+            "mean_iou": round(float(iou[:, k].mean()), 3),
+            "mean_predicted_iou": round(float(predicted[:, k].mean()), 3),
+            "abs_error": round(float((predicted[:, k] - iou[:, k]).abs().mean()), 3),
+        }
+        for k in range(iou.shape[1])
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="A plain `sam` checkpoint directory.")
@@ -86,6 +110,12 @@ def main() -> None:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--num_images", type=int, default=200, help="The first rows of the split (the loop's 200).")
     parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument(
+        "--point_placement",
+        default="interior",
+        choices=POINT_PLACEMENTS,
+        help="Where the click falls: `interior` as `evaluate` places it; `uniform` as the pre-training does.",
+    )
     parser.add_argument("--num_threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -93,7 +123,7 @@ def main() -> None:
 
     model = SamModel.from_pretrained(args.model)
     scenes = Scenes(args.task, args.split, args.num_images, model.config.vision_config.image_size, args.data_seed)
-    records = mask_records(model, scenes, processor_for_config(model.config))
+    records = mask_records(model, scenes, processor_for_config(model.config), args.point_placement)
     groups = {
         "all": torch.ones_like(records["is_part"]),
         "wholes, click off parts": ~records["is_part"] & ~records["click_on_part"],
@@ -104,6 +134,11 @@ def main() -> None:
         row = {"rule": rule} | {group: round(float(ious[selected].mean()), 4) for group, selected in groups.items()}
         rows.append(row)
         print(f"{rule:<28}" + "".join(f"  {group} {value:.3f}" for group, value in list(row.items())[1:]))
+    by_output = {group: output_statistics(records, groups[group]) for group in list(groups)[1:]}
+    for group, statistics in by_output.items():
+        print(group)
+        for row in statistics:
+            print("  " + "  ".join(f"{name} {value}" for name, value in row.items()))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         counts = {group: int(selected.sum()) for group, selected in groups.items()}
@@ -113,9 +148,11 @@ def main() -> None:
                     "model": args.model,
                     "task": args.task,
                     "split": args.split,
+                    "point_placement": args.point_placement,
                     "num_images": args.num_images,
                     "counts": counts,
                     "rows": rows,
+                    "by_output": by_output,
                 },
                 indent=1,
             )

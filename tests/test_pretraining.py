@@ -287,6 +287,23 @@ def test_best_is_a_plain_sam_checkpoint_every_class_loads(tmp_path):
     assert np.isfinite(metrics["selection_score"])
 
 
+def test_evaluation_clicks_sit_where_their_placement_says_and_the_box_does_not_move():
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[:, 8:56, 8:56] = True  # a 48 px square: edge band 0.1 * 48 = 4.8 px
+
+    def depth(point_placement: str) -> torch.Tensor:
+        """Each click's distance in pixels to the square's nearest side `(3,)`; checks the clicks and boxes."""
+        points, boxes = recipe.evaluation_prompts(masks, "img-0", point_placement)
+        assert masks[0, points[:, 0, 1].long(), points[:, 0, 0].long()].all()
+        assert torch.equal(boxes, torch.tensor([[8.0, 8.0, 55.0, 55.0]]).repeat(3, 1))
+        return torch.minimum(points[:, 0] - 8, 55 - points[:, 0]).min(dim=1).values + 1
+
+    assert torch.equal(
+        recipe.evaluation_prompts(masks, "img-0")[0], recipe.evaluation_prompts(masks, "img-0", "interior")[0]
+    )
+    assert (depth("edge") <= 4.8).all() and (depth("interior") > 4.8).any()
+
+
 def test_parts_are_the_objects_inside_a_larger_one():
     masks = torch.zeros(4, 8, 8, dtype=torch.bool)
     masks[0, :6, :6] = True  # a whole

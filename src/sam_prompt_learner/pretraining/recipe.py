@@ -376,10 +376,13 @@ def training_step(
     }
 
 
-def evaluation_prompts(masks: torch.Tensor, sample_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluation_prompts(
+    masks: torch.Tensor, sample_id: str, point_placement: str = "interior"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompts `sam-prompt-learner evaluate` gives the objects `masks` `(M, S, S)` of one image: a click drawn from
-    each object's interior (`prompt_rng(sample_id, object index)`), `(M, 1, 2)`, and its tight box, `(M, 4)`."""
-    config = PromptConfig(point_placement="interior")
+    each object's interior (`prompt_rng(sample_id, object index)`), `(M, 1, 2)`, and its tight box, `(M, 4)`.
+    Another `point_placement` (`POINT_PLACEMENTS`) draws the click elsewhere on the object, for measurements."""
+    config = PromptConfig(point_placement=point_placement)
     prompts = [sample_object_prompts(mask.numpy(), config, prompt_rng(sample_id, i)) for i, mask in enumerate(masks)]
     points = torch.tensor(np.stack([prompt.points for prompt in prompts]), dtype=torch.float32)
     boxes = torch.tensor(np.stack([prompt.box for prompt in prompts]), dtype=torch.float32)
