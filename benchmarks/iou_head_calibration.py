@@ -8,10 +8,16 @@ stay as they were.
 
 `--train all`: the whole model continues the pre-training's own step (`training_step`: click, box and multi-click
 prompts) at a constant `--learning_rate`, with `--iou_loss_weight` on the IoU head's MSE, so the features the IoU
-token reads are shaped by it too. Compare weights on the same seed: the fine-tuning itself moves every figure.
+token reads are shaped by it too (`--ranking_weight` applies there as well: pass 0 for the recipe's default). Compare
+weights on the same seed: the fine-tuning itself moves every figure. The measurement in BENCHMARKS.md:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/iou_head_calibration.py \
+        --model src/sam_prompt_learner/pretrained/tiny-sam --train all --iou_loss_weight 4 --ranking_weight 0 \
+        --learning_rate 1e-4 --batch_size 16 --steps 600
 
 Both train on the pre-training's train scenes (the batch mix past its curriculum). Validation scores
-(`sam_prompt_learner.pretraining.evaluate`, as `sam-prompt-learner evaluate` reports them) before and after:
+(`sam_prompt_learner.pretraining.evaluate`, as `sam-prompt-learner evaluate` reports them) before and after; the
+head alone:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/iou_head_calibration.py \
         --model src/sam_prompt_learner/pretrained/tiny-sam --steps 1000 --ranking_weight 1 \
