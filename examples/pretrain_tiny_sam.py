@@ -14,6 +14,10 @@ time budget, threads, evaluation and checkpoint cadence, the cooldown that ends 
     # the last stage: a linear cooldown of the learning rate to 0 over 3,000 steps from where it stands
     .venv/bin/python examples/pretrain_tiny_sam.py --output_dir outputs/pretrain-v3 --resume \
         --cooldown_start_step 30000 --cooldown_steps 3000
+    # or, keeping the constant-rate run going, cool a copy of its latest state down in a branch (which may also
+    # change the recipe, e.g. --iou_loss_weight; not the geometry or seed)
+    .venv/bin/python examples/pretrain_tiny_sam.py --output_dir outputs/pretrain-v3-cooldown \
+        --branch_from outputs/pretrain-v3 --cooldown_start_step 30000 --cooldown_steps 3000
 
 `output_dir/best` is the best validation evaluation as a plain `sam` checkpoint, `output_dir/history.json` the
 learning curves (`--plot` draws them as `learning_curves.png`).
@@ -44,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="Continue the run in --output_dir from its state.")
     parser.add_argument("--plot", action="store_true", help="Only draw output_dir/learning_curves.png and exit.")
+    parser.add_argument(
+        "--branch_from",
+        type=Path,
+        help="Start --output_dir as a branch of this state (a state-* folder, or a run folder's latest state); the "
+        "config flags given may change anything but the geometry and seed.",
+    )
     hints = typing.get_type_hints(PretrainingConfig)
     for config_field in dataclasses.fields(PretrainingConfig):
         hint = hints[config_field.name]
@@ -66,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
             **kind_options,
         )
     namespace = parser.parse_args(argv)
+    if namespace.branch_from is not None and (namespace.resume or namespace.plot):
+        parser.error("--branch_from starts a new run: it does not go with --resume or --plot.")
     fields = {f.name for f in dataclasses.fields(PretrainingConfig)}
     given = {name: value for name, value in vars(namespace).items() if name in fields}
     return namespace, given
@@ -83,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
             cooldown_start_step=stored_config(args.output_dir).get("cooldown_start_step"),
         )
         return
-    if args.resume:
+    if args.branch_from is not None:
+        pretrain(args.output_dir, branch_from=args.branch_from, **given)
+    elif args.resume:
         pretrain(args.output_dir, **given)
     else:
         pretrain(args.output_dir, PretrainingConfig(**given))

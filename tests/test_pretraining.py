@@ -242,6 +242,46 @@ def test_a_resumed_run_refuses_to_change_what_it_trains(tmp_path):
     assert resume_config(stored, {"cooldown_start_step": 5, "cooldown_steps": 5}).final_step == 10
 
 
+def test_a_branch_without_changes_trains_as_the_resumed_parent_and_records_its_origin(tmp_path):
+    pretrain(tmp_path / "trunk", tiny_config(stop_after_steps=2))
+    # The trunk's next save deletes this state: branch from a copy, as from one kept in git history.
+    branch_point = shutil.copytree(latest_state_dir(tmp_path / "trunk"), tmp_path / "kept" / "state-0000002")
+    resumed = pretrain(tmp_path / "trunk", cooldown_start_step=2, cooldown_steps=3)
+    branch = pretrain(tmp_path / "branch", branch_from=branch_point, cooldown_start_step=2, cooldown_steps=3)
+    trunk, branched = _weights(latest_state_dir(tmp_path / "trunk")), _weights(latest_state_dir(tmp_path / "branch"))
+    assert all(torch.equal(trunk[key], branched[key]) for key in trunk)
+    assert branch["history"] == resumed["history"] and branch["step"] == 5
+    changed = {"cooldown_start_step": [None, 2], "cooldown_steps": [0, 3]}
+    assert branch["branched_from"] == {"state": str(branch_point), "step": 2, "changed": changed}
+    # Its best/ is the best of its own evaluations, never the parent's; its history starts with the parent's.
+    own_best = max((entry for entry in branch["history"] if entry["step"] > 2), key=lambda e: e["selection_score"])
+    assert json.loads((tmp_path / "branch" / "best" / "metrics.json").read_text())["step"] == own_best["step"]
+    assert [entry["step"] for entry in json.loads((tmp_path / "branch" / "history.json").read_text())] == [2, 3, 5]
+    # A branch resumes like any run, keeping where it came from.
+    again = pretrain(tmp_path / "branch", stop_after_steps=5)
+    assert again["branched_from"]["step"] == 2
+
+
+def test_a_branch_may_change_the_recipe_not_the_geometry_and_never_overwrites_a_run(tmp_path):
+    pretrain(tmp_path / "trunk", tiny_config(stop_after_steps=2))
+    changed = pretrain(tmp_path / "heavier_iou", branch_from=tmp_path / "trunk", iou_loss_weight=4.0,
+                       weight_decay=0.1, stop_after_steps=3)  # fmt: skip
+    assert changed["config"]["iou_loss_weight"] == 4.0 and changed["step"] == 3
+    assert set(changed["branched_from"]["changed"]) == {"iou_loss_weight", "weight_decay", "stop_after_steps"}
+    pretrain(tmp_path / "plain", branch_from=tmp_path / "trunk", stop_after_steps=3)
+    key = "mask_decoder.iou_prediction_head.proj_out.weight"
+    assert not torch.equal(_weights(latest_state_dir(tmp_path / "heavier_iou"))[key],
+                           _weights(latest_state_dir(tmp_path / "plain"))[key])  # fmt: skip
+    with pytest.raises(ValueError, match=r"\['decoder_hidden_size'\]"):
+        pretrain(tmp_path / "wider", branch_from=tmp_path / "trunk", decoder_hidden_size=64)
+    with pytest.raises(ValueError, match="holds a run already"):
+        pretrain(tmp_path / "plain", branch_from=tmp_path / "trunk")
+    with pytest.raises(FileNotFoundError, match="neither a state folder"):
+        pretrain(tmp_path / "orphan", branch_from=tmp_path / "missing")
+    with pytest.raises(ValueError, match="pass only the changes"):
+        pretrain(tmp_path / "configured", tiny_config(), branch_from=tmp_path / "trunk")
+
+
 def test_the_cooldown_stage_ends_the_run_at_its_last_step(tmp_path):
     pretrain(tmp_path / "run", tiny_config(stop_after_steps=2))
     state = pretrain(tmp_path / "run", cooldown_start_step=2, cooldown_steps=3)
@@ -375,6 +415,8 @@ def test_the_command_line_takes_config_fields_and_a_bf16_stage(tmp_path):
     assert given == {"num_train": [3, 4], "bf16": True, "learning_rate": 0.1}  # only what was given
     with pytest.raises(SystemExit):
         script.parse_args(["--output_dir", "x", "--num_train", "three"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output_dir", "x", "--branch_from", "y", "--resume"])
     config = tiny_config(stop_after_steps=2)
     pretrain(tmp_path / "fp32", config)
     pretrain(tmp_path / "bf16", config)

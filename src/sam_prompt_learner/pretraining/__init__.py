@@ -1,14 +1,16 @@
 """Pre-training a SAM from scratch on the embedded synthetic scenes: how the embedded tiny SAM is made.
 
 `pretrain(output_dir, PretrainingConfig(...))` starts a run; `pretrain(output_dir, **stage_overrides)` continues it
-from its latest resumable state. `examples/pretrain_tiny_sam.py` is the command-line recipe.
+from its latest resumable state; `pretrain(new_dir, branch_from=state, **changes)` branches a new run from a state.
+`examples/pretrain_tiny_sam.py` is the command-line recipe.
 """
 
-from .recipe import STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model, object_ious
+from .recipe import INIT_FIELDS, STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model, object_ious
 from .runner import latest_state_dir, plot_learning_curves, pretrain, stored_config
 from .scenes import Scenes
 
 __all__ = [
+    "INIT_FIELDS",
     "STAGE_FIELDS",
     "PretrainingConfig",
     "Scenes",

@@ -37,6 +37,18 @@ STAGE_FIELDS = (
     "device",
     "bf16",
 )
+# Fields fixed when a run starts: the model's geometry and init. A branch (`pretrain(..., branch_from=...)`) may
+# change any other field; these would not fit, or not affect, the weights it starts from.
+INIT_FIELDS = (
+    "image_size",
+    "patch_size",
+    "vision_hidden_size",
+    "vision_layers",
+    "vision_heads",
+    "decoder_hidden_size",
+    "aligned_attention_scale",
+    "seed",
+)
 
 
 @dataclass

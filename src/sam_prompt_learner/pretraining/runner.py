@@ -13,6 +13,10 @@
 A resumed run restores model, optimizer, step and generator, and recomputes the learning rate from the step, so it
 reaches bit-identical weights to an uninterrupted run on the same machine (`tests/test_pretraining.py`). Stages
 change only `STAGE_FIELDS` (time budget, threads, the cooldown that ends the run).
+
+A branch (`pretrain(new_dir, branch_from=state, **overrides)`) starts a new run from another run's state, e.g. a
+cooldown of a constant-rate trunk, and may change anything but `INIT_FIELDS`; it records where it came from and what
+it changed (`branched_from` in its trainer state). Without overrides it trains exactly as a resume would.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import SamModel
 
 from ..processing import processor_for_config
-from .recipe import STAGE_FIELDS, PretrainingConfig, evaluate, init_model, learning_rate_factor, training_step
+from .recipe import (
+    INIT_FIELDS,
+    STAGE_FIELDS,
+    PretrainingConfig,
+    evaluate,
+    init_model,
+    learning_rate_factor,
+    training_step,
+)
 from .scenes import render_scenes
 
 logger = logging.getLogger(__name__)
@@ -55,9 +67,43 @@ def resume_config(stored: PretrainingConfig, overrides: dict) -> PretrainingConf
     if refused:
         raise ValueError(
             f"A resumed run trains with its stored config; these fields would change it: {refused}. Only "
-            f"{list(STAGE_FIELDS)} may change between stages (start a new output_dir otherwise)."
+            f"{list(STAGE_FIELDS)} may change between stages (otherwise branch into a new output_dir: `branch_from`)."
         )
     return dataclasses.replace(stored, **overrides)
+
+
+def branch_config(stored: PretrainingConfig, overrides: dict) -> tuple[PretrainingConfig, dict]:
+    """`stored` with a branch's `overrides`, and what they change (`{field: [before, after]}`); `INIT_FIELDS` are
+    refused."""
+    stored = dataclasses.replace(stored, time_budget_minutes=None, stop_after_steps=None)
+    changed = {name: [getattr(stored, name), new] for name, new in overrides.items() if getattr(stored, name) != new}
+    refused = sorted(name for name in changed if name in INIT_FIELDS)
+    if refused:
+        raise ValueError(
+            f"A branch starts from the parent's weights; these fields would not fit or not affect them: {refused}."
+        )
+    return dataclasses.replace(stored, **overrides), changed
+
+
+def start_branch(output_dir: Path, branch_from: str | os.PathLike) -> Path:
+    """Copy a run's state (a `state-*` folder, or a run folder's latest) into the new run `output_dir`.
+
+    The copy is written under a temporary name first, so a branch killed while starting starts again cleanly.
+    """
+    branch_from = Path(branch_from)
+    source = branch_from if (branch_from / TRAINER_STATE_NAME).is_file() else latest_state_dir(branch_from)
+    if source is None:
+        raise FileNotFoundError(f"{branch_from} is neither a state folder nor a run with a saved state.")
+    if latest_state_dir(output_dir) is not None:
+        raise ValueError(f"{output_dir} holds a run already: resume it instead of branching into it.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final, partial = output_dir / source.name, output_dir / f".{source.name}.partial"
+    for leftover in (final, partial):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(source, partial)
+    os.replace(partial, final)
+    _replace_atomically(source.name, output_dir / LATEST_NAME)
+    return final
 
 
 def latest_state_dir(output_dir: str | os.PathLike) -> Path | None:
@@ -174,24 +220,41 @@ def make_optimizer(model: SamModel, config: PretrainingConfig) -> torch.optim.Ad
     )
 
 
-def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = None, **stage_overrides) -> dict:
+def pretrain(
+    output_dir: str | os.PathLike,
+    config: PretrainingConfig | None = None,
+    branch_from: str | os.PathLike | None = None,
+    **stage_overrides,
+) -> dict:
     """Run (or continue) pre-training in `output_dir` until this stage's limit or the schedule's end.
 
     Args:
         output_dir: where the state, `best/` and `history.json` live. If it holds a state, the run resumes from it
             and `config` must be None; `stage_overrides` may change `STAGE_FIELDS` only.
         config: the config of a new run.
+        branch_from: start `output_dir` as a branch of this state (a `state-*` folder, or a run folder's latest
+            state): its weights, optimizer, step, sampling generator, history and config, where `stage_overrides`
+            may then change anything but `INIT_FIELDS`. Its `best/` holds the branch's own evaluations only.
 
     Returns:
         The trainer state at the end of this stage.
     """
     output_dir = Path(output_dir)
-    state_dir = latest_state_dir(output_dir)
+    branch_changes = None
+    if branch_from is not None:
+        if config is not None:
+            raise ValueError("A branch takes its config from the state it starts from; pass only the changes.")
+        state_dir = start_branch(output_dir, branch_from)
+    else:
+        state_dir = latest_state_dir(output_dir)
     if state_dir is not None:
         if config is not None:
             raise ValueError(f"{output_dir} holds a run ({state_dir.name}); resume it without a config.")
-        stored = json.loads((state_dir / TRAINER_STATE_NAME).read_text())["config"]
-        config = resume_config(PretrainingConfig(**stored), stage_overrides)
+        stored = PretrainingConfig(**json.loads((state_dir / TRAINER_STATE_NAME).read_text())["config"])
+        if branch_from is not None:
+            config, branch_changes = branch_config(stored, stage_overrides)
+        else:
+            config = resume_config(stored, stage_overrides)
     else:
         config = dataclasses.replace(config or PretrainingConfig(), **stage_overrides)
     torch.set_num_threads(config.num_threads)
@@ -205,7 +268,18 @@ def pretrain(output_dir: str | os.PathLike, config: PretrainingConfig | None = N
     if state_dir is not None:
         trainer_state = load_state(state_dir, model, optimizer, generator)
         trainer_state["config"] = dataclasses.asdict(config)
-        logger.info(f"resumed {state_dir} at step {trainer_state['step']}")
+        optimizer.param_groups[0]["weight_decay"] = config.weight_decay  # a branch may change it
+        if branch_changes is not None:
+            trainer_state["branched_from"] = {
+                "state": str(branch_from),
+                "step": trainer_state["step"],
+                "changed": branch_changes,
+            }
+            trainer_state["best_score"] = None
+            _replace_atomically(json.dumps(trainer_state["history"], indent=1), output_dir / HISTORY_NAME)
+            logger.info(f"branched from {branch_from} at step {trainer_state['step']}, changing {branch_changes}")
+        else:
+            logger.info(f"resumed {state_dir} at step {trainer_state['step']}")
     else:
         trainer_state = {"config": dataclasses.asdict(config), "step": 0, "history": [], "best_score": None,
                          "stages": [], "compute_minutes": 0.0}  # fmt: skip
