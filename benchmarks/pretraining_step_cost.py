@@ -1,7 +1,7 @@
 """What a pre-training step of the tiny SAM costs per geometry: seconds per step and steps per minute.
 
-Before a new pre-training run changes the geometry (a finer embedding grid, wider or deeper parts), this says what
-each step costs on the machine at hand, so a run's steps can be planned against the session's time. Each geometry
+Before a new pre-training run changes the geometry (a finer embedding grid, wider or deeper parts) or the objects
+decoded per image, this says what each step costs on the machine at hand, so a run's steps can be planned against the session's time. Each geometry
 is `PretrainingConfig` with the named fields changed; its steps are `training_step` + backward + AdamW, on scenes
 rendered once, after a few untimed warm-up steps:
 
@@ -26,7 +26,8 @@ from sam_prompt_learner.pretraining import PretrainingConfig, init_model
 from sam_prompt_learner.pretraining.recipe import training_step
 from sam_prompt_learner.pretraining.scenes import render_scenes
 
-# name: the PretrainingConfig fields it changes (the rest are the defaults: 128 px, patch 8, widths 128 / 64).
+# name: the PretrainingConfig fields it changes (the rest are the defaults: 128 px, patch 8, widths 128 / 64, one
+# object per image and prompt kind); `prompts_*` keep the geometry and decode more objects per encoded image.
 GEOMETRIES = {
     "default": {},
     "decoder_128": {"decoder_hidden_size": 128},
@@ -34,6 +35,8 @@ GEOMETRIES = {
     "wide": {"vision_hidden_size": 256, "decoder_hidden_size": 128},
     "deep_8": {"vision_layers": 8},
     "patch_4": {"patch_size": 4},
+    "prompts_4": {"prompts_per_image": 4},
+    "prompts_8": {"prompts_per_image": 8},
 }
 
 
