@@ -22,7 +22,9 @@ if [[ $# -lt 3 ]]; then
   echo "usage: $0 OLD_LABEL OLD_CHECKPOINT NEW_LABEL [OUT (default outputs/ship)]" >&2
   exit 2
 fi
-old_label=$1 old_checkpoint=$2 new_label=$3 out=${4:-outputs/ship}
+old_label=$1 old_checkpoint=$2 new_label=$3
+# Absolute: the notebook's kernel runs in examples/notebooks, and a relative cache path would land there.
+out=$(realpath -m "${4:-outputs/ship}")
 model=src/sam_prompt_learner/pretrained/tiny-sam
 for path in "$old_checkpoint/config.json" "$model/config.json" .venv/bin/python; do
   [[ -e $path ]] || { echo "missing: $path" >&2; exit 2; }
