@@ -1,9 +1,9 @@
 """What a pre-training step of the tiny SAM costs per geometry: seconds per step and steps per minute.
 
 Before a new pre-training run changes the geometry (a finer embedding grid, wider or deeper parts) or the objects
-decoded per image, this says what each step costs on the machine at hand, so a run's steps can be planned against the session's time. Each geometry
-is `PretrainingConfig` with the named fields changed; its steps are `training_step` + backward + AdamW, on scenes
-rendered once, after a few untimed warm-up steps:
+decoded per image, this says what each step costs on the machine at hand, so a run's steps can be planned against
+the session's time. Each geometry is `PretrainingConfig` with the named fields changed; its steps are
+`training_step` + backward + AdamW, on scenes rendered once, after a few untimed warm-up steps:
 
     .venv/bin/python benchmarks/pretraining_step_cost.py --num_threads 2 \
         --output benchmarks/results/pretraining/step_cost-cpu.json
