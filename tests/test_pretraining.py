@@ -287,6 +287,16 @@ def test_the_cooldown_stage_ends_the_run_at_its_last_step(tmp_path):
     state = pretrain(tmp_path / "run", cooldown_start_step=2, cooldown_steps=3)
     assert state["step"] == 5 and state["history"][-1]["step"] == 5
     assert state["stages"][-1]["end_step"] == 5
+    # A cooldown set to start before where the run stands is refused, for a stage and a branch alike, and the
+    # refused branch leaves nothing behind; one already under way carries on.
+    pretrain(tmp_path / "other", tiny_config(stop_after_steps=3))
+    with pytest.raises(ValueError, match="before the step the run stands at, 3"):
+        pretrain(tmp_path / "other", cooldown_start_step=2, cooldown_steps=3)
+    with pytest.raises(ValueError, match="before the step the run stands at, 3"):
+        pretrain(tmp_path / "branch", branch_from=tmp_path / "other", cooldown_start_step=1, cooldown_steps=3)
+    assert not (tmp_path / "branch").exists()
+    pretrain(tmp_path / "other", cooldown_start_step=3, cooldown_steps=3, stop_after_steps=4)
+    assert pretrain(tmp_path / "other")["step"] == 6
 
 
 def test_the_stored_config_outlives_the_state_folders(tmp_path):

@@ -85,15 +85,31 @@ def branch_config(stored: PretrainingConfig, overrides: dict) -> tuple[Pretraini
     return dataclasses.replace(stored, **overrides), changed
 
 
-def start_branch(output_dir: Path, branch_from: str | os.PathLike) -> Path:
-    """Copy a run's state (a `state-*` folder, or a run folder's latest) into the new run `output_dir`.
-
-    The copy is written under a temporary name first, so a branch killed while starting starts again cleanly.
-    """
+def branch_source(branch_from: str | os.PathLike) -> Path:
+    """The state a branch starts from: `branch_from` itself (a `state-*` folder) or a run folder's latest state."""
     branch_from = Path(branch_from)
     source = branch_from if (branch_from / TRAINER_STATE_NAME).is_file() else latest_state_dir(branch_from)
     if source is None:
         raise FileNotFoundError(f"{branch_from} is neither a state folder nor a run with a saved state.")
+    return source
+
+
+def check_schedule(stored: PretrainingConfig, config: PretrainingConfig, step: int) -> None:
+    """Refuse a cooldown set in this stage that starts before the run's `step` (the learning rate would jump into
+    the middle of it, and a run already past its end would never stop)."""
+    start = config.cooldown_start_step
+    if start is not None and start != stored.cooldown_start_step and start < step:
+        raise ValueError(
+            f"cooldown_start_step {start} is before the step the run stands at, {step}: start the cooldown at {step} "
+            "or later."
+        )
+
+
+def start_branch(output_dir: Path, source: Path) -> Path:
+    """Copy the state `source` into the new run `output_dir`.
+
+    The copy is written under a temporary name first, so a branch killed while starting starts again cleanly.
+    """
     if latest_state_dir(output_dir) is not None:
         raise ValueError(f"{output_dir} holds a run already: resume it instead of branching into it.")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -244,17 +260,21 @@ def pretrain(
     if branch_from is not None:
         if config is not None:
             raise ValueError("A branch takes its config from the state it starts from; pass only the changes.")
-        state_dir = start_branch(output_dir, branch_from)
+        state_dir = branch_source(branch_from)
     else:
         state_dir = latest_state_dir(output_dir)
     if state_dir is not None:
         if config is not None:
             raise ValueError(f"{output_dir} holds a run ({state_dir.name}); resume it without a config.")
-        stored = PretrainingConfig(**json.loads((state_dir / TRAINER_STATE_NAME).read_text())["config"])
+        saved = json.loads((state_dir / TRAINER_STATE_NAME).read_text())
+        stored = PretrainingConfig(**saved["config"])
         if branch_from is not None:
             config, branch_changes = branch_config(stored, stage_overrides)
         else:
             config = resume_config(stored, stage_overrides)
+        check_schedule(stored, config, saved["step"])
+        if branch_from is not None:  # copied only once the branch's config is accepted
+            state_dir = start_branch(output_dir, state_dir)
     else:
         config = dataclasses.replace(config or PretrainingConfig(), **stage_overrides)
     torch.set_num_threads(config.num_threads)
