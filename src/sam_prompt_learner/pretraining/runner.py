@@ -55,34 +55,35 @@ BEST_DIRNAME = "best"
 HISTORY_NAME = "history.json"
 
 
-def resume_config(stored: PretrainingConfig, overrides: dict) -> PretrainingConfig:
-    """`stored` with this stage's `overrides`; anything but `STAGE_FIELDS` would change what is trained: refused.
-
-    The previous stage's limits (`time_budget_minutes`, `stop_after_steps`) end with it; the other stage fields
-    carry over unless overridden.
-    """
+def apply_overrides(stored: PretrainingConfig, overrides: dict) -> tuple[PretrainingConfig, dict[str, list]]:
+    """`stored` with `overrides`, and what they change (`{field: [before, after]}`). The previous stage's limits
+    (`time_budget_minutes`, `stop_after_steps`) end with it; the other fields carry over unless overridden."""
     stored = dataclasses.replace(stored, time_budget_minutes=None, stop_after_steps=None)
-    changed = sorted(name for name, value in overrides.items() if getattr(stored, name) != value)
-    refused = [name for name in changed if name not in STAGE_FIELDS]
+    changed = {name: [getattr(stored, name), new] for name, new in overrides.items() if getattr(stored, name) != new}
+    return dataclasses.replace(stored, **overrides), changed
+
+
+def resume_config(stored: PretrainingConfig, overrides: dict) -> PretrainingConfig:
+    """`stored` with this stage's `overrides`; anything but `STAGE_FIELDS` would change what is trained: refused."""
+    config, changed = apply_overrides(stored, overrides)
+    refused = sorted(name for name in changed if name not in STAGE_FIELDS)
     if refused:
         raise ValueError(
             f"A resumed run trains with its stored config; these fields would change it: {refused}. Only "
             f"{list(STAGE_FIELDS)} may change between stages (otherwise branch into a new output_dir: `branch_from`)."
         )
-    return dataclasses.replace(stored, **overrides)
+    return config
 
 
 def branch_config(stored: PretrainingConfig, overrides: dict) -> tuple[PretrainingConfig, dict]:
-    """`stored` with a branch's `overrides`, and what they change (`{field: [before, after]}`); `INIT_FIELDS` are
-    refused."""
-    stored = dataclasses.replace(stored, time_budget_minutes=None, stop_after_steps=None)
-    changed = {name: [getattr(stored, name), new] for name, new in overrides.items() if getattr(stored, name) != new}
+    """`stored` with a branch's `overrides`, and what they change; `INIT_FIELDS` are refused."""
+    config, changed = apply_overrides(stored, overrides)
     refused = sorted(name for name in changed if name in INIT_FIELDS)
     if refused:
         raise ValueError(
             f"A branch starts from the parent's weights; these fields would not fit or not affect them: {refused}."
         )
-    return dataclasses.replace(stored, **overrides), changed
+    return config, changed
 
 
 def branch_source(branch_from: str | os.PathLike) -> Path:
