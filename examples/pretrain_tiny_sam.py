@@ -20,7 +20,8 @@ time budget, threads, evaluation and checkpoint cadence, the cooldown that ends 
         --branch_from outputs/pretrain-v3 --cooldown_start_step 30000 --cooldown_steps 3000
 
 `output_dir/best` is the best validation evaluation as a plain `sam` checkpoint, `output_dir/history.json` the
-learning curves (`--plot` draws them as `learning_curves.png`).
+learning curves (`--plot` draws them as `learning_curves.png`; `--compare OTHER_RUN` prints them beside another
+run's, step for step or, for two cooldowns, at the same share of the cooldown).
 
 On a GPU, a stage takes `--device cuda --bf16` (sampling stays on the CPU, so the batches are the same); a new run
 there would rather take a larger `--batch_size`.
@@ -28,7 +29,6 @@ there would rather take a larger `--batch_size`.
 
 import argparse
 import dataclasses
-import json
 import logging
 import typing
 from pathlib import Path
@@ -36,6 +36,8 @@ from pathlib import Path
 from sam_prompt_learner.pretraining import (
     STAGE_FIELDS,
     PretrainingConfig,
+    comparison_table,
+    load_history,
     plot_learning_curves,
     pretrain,
     stored_config,
@@ -48,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--resume", action="store_true", help="Continue the run in --output_dir from its state.")
     parser.add_argument("--plot", action="store_true", help="Only draw output_dir/learning_curves.png and exit.")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="OTHER_RUN",
+        help="Only print a markdown table of --output_dir's evaluations beside OTHER_RUN's nearest ones (at the same "
+        "share of the cooldown when both cool down, else at the same step) and exit.",
+    )
     parser.add_argument(
         "--branch_from",
         type=Path,
@@ -76,8 +85,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
             **kind_options,
         )
     namespace = parser.parse_args(argv)
-    if namespace.branch_from is not None and (namespace.resume or namespace.plot):
-        parser.error("--branch_from starts a new run: it does not go with --resume or --plot.")
+    if namespace.branch_from is not None and (namespace.resume or namespace.plot or namespace.compare):
+        parser.error("--branch_from starts a new run: it does not go with --resume, --plot or --compare.")
+    if namespace.plot and namespace.compare is not None:
+        parser.error("--plot and --compare are two different reports: give one.")
     fields = {f.name for f in dataclasses.fields(PretrainingConfig)}
     given = {name: value for name, value in vars(namespace).items() if name in fields}
     return namespace, given
@@ -86,14 +97,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]
 def main(argv: list[str] | None = None) -> None:
     args, given = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO, datefmt="%H:%M:%S")
-    if args.plot:
-        history = json.loads((args.output_dir / "history.json").read_text())
-        plot_learning_curves(
-            history,
-            args.output_dir / "learning_curves.png",
-            title=str(args.output_dir),
-            cooldown_start_step=stored_config(args.output_dir).get("cooldown_start_step"),
-        )
+    if args.compare is not None or args.plot:
+        try:
+            if args.compare is not None:
+                print(comparison_table(args.output_dir, args.compare), end="")
+            else:
+                plot_learning_curves(
+                    load_history(args.output_dir),
+                    args.output_dir / "learning_curves.png",
+                    title=str(args.output_dir),
+                    cooldown_start_step=stored_config(args.output_dir).get("cooldown_start_step"),
+                )
+        except FileNotFoundError as error:
+            raise SystemExit(f"error: {error}") from None
         return
     if args.branch_from is not None:
         pretrain(args.output_dir, branch_from=args.branch_from, **given)

@@ -6,7 +6,8 @@ from its latest resumable state; `pretrain(new_dir, branch_from=state, **changes
 """
 
 from .recipe import INIT_FIELDS, STAGE_FIELDS, PretrainingConfig, build_sam_config, evaluate, init_model, object_ious
-from .runner import latest_state_dir, plot_learning_curves, pretrain, stored_config
+from .report import comparison_table, load_history, plot_learning_curves
+from .runner import latest_state_dir, pretrain, stored_config
 from .scenes import Scenes
 
 __all__ = [
@@ -15,9 +16,11 @@ __all__ = [
     "PretrainingConfig",
     "Scenes",
     "build_sam_config",
+    "comparison_table",
     "evaluate",
     "init_model",
     "latest_state_dir",
+    "load_history",
     "object_ious",
     "plot_learning_curves",
     "pretrain",

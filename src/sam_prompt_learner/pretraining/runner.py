@@ -8,7 +8,7 @@
   killed at any moment leaves a state that loads. Nothing is unpickled on resume.
 * `best/`: the best evaluation so far as a plain `sam` checkpoint (`save_pretrained` + processor + `metrics.json`),
   replaced atomically too.
-* `history.json`: every evaluation, for the learning curves (`plot_learning_curves`).
+* `history.json`: every evaluation, for the learning curves (`report.plot_learning_curves`).
 
 A resumed run restores model, optimizer, step and generator, and recomputes the learning rate from the step, so it
 reaches bit-identical weights to an uninterrupted run on the same machine (`tests/test_pretraining.py`). Stages
@@ -134,12 +134,17 @@ def latest_state_dir(output_dir: str | os.PathLike) -> Path | None:
     return path
 
 
-def stored_config(output_dir: str | os.PathLike) -> dict:
-    """The config a run trained with: from its latest state, else from a `trainer_state.json` beside it (what a
-    finished run keeps once its last state folder is removed, as the committed cooldown branches do), else empty."""
+def stored_trainer_state(output_dir: str | os.PathLike) -> dict:
+    """A run's trainer state: from its latest state, else from a `trainer_state.json` beside it (what a finished run
+    keeps once its last state folder is removed, as the committed cooldown branches do), else empty."""
     state_dir = latest_state_dir(output_dir)
     kept = Path(output_dir) / TRAINER_STATE_NAME if state_dir is None else state_dir / TRAINER_STATE_NAME
-    return json.loads(kept.read_text())["config"] if kept.is_file() else {}
+    return json.loads(kept.read_text()) if kept.is_file() else {}
+
+
+def stored_config(output_dir: str | os.PathLike) -> dict:
+    """The config a run trained with (`stored_trainer_state`'s), or empty."""
+    return stored_trainer_state(output_dir).get("config", {})
 
 
 def _replace_atomically(text: str, path: Path) -> None:
@@ -393,42 +398,3 @@ def pretrain(
         if (time.monotonic() - last_checkpoint) / 60 >= config.checkpoint_minutes and not terminated:
             checkpoint()
             last_checkpoint = time.monotonic()
-
-
-def plot_learning_curves(
-    history: list[dict], path: str | os.PathLike, title: str = "", cooldown_start_step: int | None = None
-) -> None:
-    """Validation mIoU per evaluation as a PNG: one panel per task with click own choice, best of 3 and box, and
-    (dashed) the clicks on the parts of nested objects where the task has them; a vertical line where the learning
-    rate starts to cool down, if it does.
-
-    Needs matplotlib (the `bench` extra).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({key.rsplit("_click_own", 1)[0] for entry in history for key in entry if key.endswith("_click_own")})
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False, sharey=True)
-    steps = [entry["step"] for entry in history]
-    for axis, task in zip(axes[0], tasks, strict=True):
-        for suffix, label in (("click_own", "click, own choice"), ("click_best_of_3", "click, best of 3"),
-                              ("box", "box")):  # fmt: skip
-            axis.plot(steps, [entry[f"{task}_{suffix}"] for entry in history], marker=".", label=label)
-        for suffix, label in (("parts_own", "part click, own choice"), ("parts_best_of_3", "part click, best of 3")):
-            scored = [(entry["step"], entry[f"{task}_{suffix}"]) for entry in history if f"{task}_{suffix}" in entry]
-            if scored:
-                axis.plot(*zip(*scored, strict=True), linestyle="--", marker=".", label=label)
-        if cooldown_start_step is not None:
-            axis.axvline(cooldown_start_step, color="grey", linestyle=":", label="cooldown starts")
-        axis.set(title=f"{task} validation", xlabel="step", ylim=(0, 1))
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mIoU")
-    for axis in axes[0]:
-        axis.legend(loc="best", fontsize="small")
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
