@@ -207,13 +207,18 @@ def init_model(config: PretrainingConfig) -> SamModel:
     return model
 
 
+def cooldown_done(step: int, config: PretrainingConfig) -> float | None:
+    """The share of the cooldown behind `step` (0 before it starts, 1 at its end), or None for a run without one."""
+    if config.cooldown_start_step is None:
+        return None
+    return min(1.0, max(0.0, (step - config.cooldown_start_step) / max(1, config.cooldown_steps)))
+
+
 def learning_rate_factor(step: int, config: PretrainingConfig) -> float:
     """Linear warmup to 1 over `warmup_steps`, constant, then (from `cooldown_start_step`) linear decay to 0."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
-    if config.cooldown_start_step is None or step < config.cooldown_start_step:
-        return 1.0
-    return max(0.0, 1.0 - (step - config.cooldown_start_step) / max(1, config.cooldown_steps))
+    return 1.0 - (cooldown_done(step, config) or 0.0)
 
 
 def first_task_fraction(step: int, config: PretrainingConfig) -> float:

@@ -1,7 +1,7 @@
 """Reading a pre-training run's evaluations: its learning curves as a PNG, and a table of them against another run.
 
-Both read only `history.json` and the stored config (`runner.stored_config`), so they work on a finished run whose
-state folders were removed, as on one still training.
+Both read only `history.json` and the stored trainer state (`runner.stored_trainer_state`), so they work on a
+finished run whose state folders were removed, as on one still training.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from .recipe import PretrainingConfig, learning_rate_factor
-from .runner import HISTORY_NAME, stored_config, stored_trainer_state
+from .recipe import PretrainingConfig, cooldown_done, learning_rate_factor
+from .runner import HISTORY_NAME, stored_trainer_state
 
 SCORE_SUFFIXES = ("click_own", "click_best_of_3", "box")
 PARTS_SUFFIXES = ("parts_own", "parts_best_of_3")
@@ -77,21 +77,13 @@ def _known_fields(stored: dict) -> PretrainingConfig:
     return PretrainingConfig(**{name: value for name, value in stored.items() if name in names})
 
 
-def cooldown_done(step: int, config: PretrainingConfig) -> float | None:
-    """The share of the cooldown behind `step` (0 before it starts, 1 at its end), or None for a run without one."""
-    if config.cooldown_start_step is None:
-        return None
-    return min(1.0, max(0.0, (step - config.cooldown_start_step) / max(1, config.cooldown_steps)))
-
-
 def _scores(entry: dict, task: str, suffixes: tuple[str, ...]) -> str:
     return " / ".join(f"{entry[f'{task}_{suffix}']:.3f}" if f"{task}_{suffix}" in entry else "-" for suffix in suffixes)
 
 
-def first_own_step(run_dir: str | os.PathLike) -> int:
+def first_own_step(trainer_state: dict) -> int:
     """The last step a run shares with its parent: where its cooldown starts, else where it branched, else 0. Its
     history holds the parent's evaluations up to there."""
-    trainer_state = stored_trainer_state(run_dir)
     cooldown_start_step = trainer_state.get("config", {}).get("cooldown_start_step")
     if cooldown_start_step is not None:
         return cooldown_start_step
@@ -108,7 +100,9 @@ def comparison_table(run_dir: str | os.PathLike, other_dir: str | os.PathLike) -
     """
     run_dir, other_dir = Path(run_dir), Path(other_dir)
     history, other_history = load_history(run_dir), load_history(other_dir)
-    config, other_config = _known_fields(stored_config(run_dir)), _known_fields(stored_config(other_dir))
+    trainer_state = stored_trainer_state(run_dir)
+    config = _known_fields(trainer_state.get("config", {}))
+    other_config = _known_fields(stored_trainer_state(other_dir).get("config", {}))
     by_cooldown = config.cooldown_start_step is not None and other_config.cooldown_start_step is not None
     tasks = history_tasks(history)
     parts_tasks = [task for task in tasks if any(f"{task}_parts_own" in entry for entry in history)]
@@ -128,7 +122,7 @@ def comparison_table(run_dir: str | os.PathLike, other_dir: str | os.PathLike) -
     score_columns = tasks + [f"{task} parts" for task in parts_tasks]
     header = ["step", "learning rate", *score_columns, f"{other_dir.name}: step", *[f"its {c}" for c in score_columns]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    first_step = first_own_step(run_dir)
+    first_step = first_own_step(trainer_state)
     for entry in history:
         if entry["step"] <= first_step:
             continue
